@@ -1,0 +1,760 @@
+"""MCPredictor: S stochastic forward passes, batched, chunked, seeded and summarised.
+
+Shapes in comments: S samples, B rows, N = rows of one forward chunk, ``*O`` one row's
+output shape, C classes.
+
+How a call runs
+---------------
+1. The input is validated (non-empty, finite) and moved to the device.
+2. On the first call for an input signature, a recording pass finds every dropout call
+   ("site"), the dimension holding the rows at each site, and whether the model splits
+   into a deterministic prefix and a stochastic suffix (see :mod:`mcdrop._split`).
+3. The S x B rows run in chunks of at most ``max_rows`` rows. Masks come from a
+   counter-based generator keyed by (seed, sample, site, element), so a row's draws do not
+   depend on chunking, on other rows, or on other requests batched with it.
+4. Each chunk's outputs fold into float64 streaming moments; nothing of size S is kept
+   unless ``return_samples=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mcdrop import _split, layers
+from mcdrop._keyed import unit_keys
+from mcdrop.errors import InvalidInputError, ModelOutputError, NoDropoutError
+from mcdrop.stats import ClassStats, Moments, entropy
+
+__all__ = ["MCPredictor", "Prediction", "MCRequest"]
+
+log = logging.getLogger("mcdrop")
+
+Task = Literal["regression", "classification"]
+_MAX_SEED = 2**63 - 1
+_CPU_BUDGET = 256 * 2**20  # bytes of activations per chunk on CPU
+_MAX_EXACT_UNITS = 16
+
+
+@dataclass
+class Prediction:
+    """Summary of S Monte Carlo dropout draws for B rows.
+
+    Attributes
+    ----------
+    mean, variance, std : Tensor (B, *O)
+        Predictive mean and variance. Regression: sample mean and unbiased sample variance
+        of the outputs, plus 1/tau when tau is set, plus the mean predicted aleatoric
+        variance for (mean, log-variance) heads. Classification: mean and variance of the
+        softmax probabilities (``mean`` equals ``probs``).
+    stderr : Tensor (B, *O)
+        Monte Carlo standard error of ``mean``: sd / sqrt(S).
+    samples : int
+        Samples drawn per row (the largest, for adaptive sampling).
+    samples_per_row : Tensor (B,)
+        Samples each row used (equal to ``samples`` unless ``samples="auto"``).
+    seed : int
+        The seed that reproduces this result.
+    epistemic_variance, aleatoric_variance : Tensor (B, *O) or None
+        For regression: the model-uncertainty part (sample variance) and the noise part
+        (1/tau and/or mean predicted variance).
+    probs, predictive_entropy, expected_entropy, mutual_information, variation_ratio
+        Classification only: (B, C), (B,), (B,), (B,), (B,); entropies in nats.
+    draws : Tensor (S, B, *O) or None
+        Raw outputs (logits for classifiers) when ``return_samples=True``.
+    """
+
+    task: str
+    mean: torch.Tensor
+    variance: torch.Tensor
+    std: torch.Tensor
+    stderr: torch.Tensor
+    samples: int
+    samples_per_row: torch.Tensor
+    seed: int
+    epistemic_variance: torch.Tensor | None = None
+    aleatoric_variance: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    predictive_entropy: torch.Tensor | None = None
+    expected_entropy: torch.Tensor | None = None
+    mutual_information: torch.Tensor | None = None
+    variation_ratio: torch.Tensor | None = None
+    draws: torch.Tensor | None = None
+    exact: bool = False
+
+    def to_numpy(self) -> dict[str, Any]:
+        """Every tensor field as a numpy array (float64 where floating), others as is."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        return out
+
+
+@dataclass
+class MCRequest:
+    """One request of :meth:`MCPredictor.predict_many`."""
+
+    inputs: Any
+    samples: int | None = None
+    seed: int | None = None
+
+
+@dataclass
+class _Plan:
+    layouts: dict[int, tuple[int, int]]
+    sites: list[layers.SiteRecord]
+    per_row_bytes: int
+    split: _split.Split | None = None
+    split_reason: str = ""
+    hetero: bool = False
+
+
+@dataclass
+class _Group:
+    x: torch.Tensor  # (B, ...)
+    seed: int
+    samples: int
+    frontier: tuple[Any, ...] | None = None
+    acc: Any = None
+    hetero_acc: Moments | None = None
+    draws: list[torch.Tensor] = field(default_factory=list)
+    done: int = 0
+    rows: torch.Tensor | None = None  # active rows (adaptive), None = all
+
+
+def _validate_samples(samples: Any, name: str = "samples") -> int:
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be a positive integer, got {samples!r}")
+    if samples < 1:
+        raise InvalidInputError(f"{name} must be at least 1, got {samples}")
+    return int(samples)
+
+
+def _validate_seed(seed: Any) -> int:
+    if seed is None:
+        return secrets.randbits(62)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidInputError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed <= _MAX_SEED:
+        raise InvalidInputError(f"seed must be in [0, 2**63 - 1], got {seed}")
+    return int(seed)
+
+
+def _split_output(y: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(main output, log-variance or None) from what the model returned."""
+    if isinstance(y, torch.Tensor):
+        return y, None
+    if isinstance(y, (tuple, list)) and len(y) == 2 and all(isinstance(t, torch.Tensor) for t in y):
+        if y[0].shape != y[1].shape:
+            raise ModelOutputError(
+                f"a model returning two tensors must return (mean, log_variance) of equal "
+                f"shape; got {tuple(y[0].shape)} and {tuple(y[1].shape)}"
+            )
+        return y[0], y[1]
+    raise ModelOutputError(
+        f"the model must return a tensor or a (mean, log_variance) pair, got {type(y).__name__}"
+    )
+
+
+class MCPredictor:
+    """Monte Carlo dropout predictions for any PyTorch model with dropout.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model with dropout (modules, functional, attention). It is not modified:
+        module modes are switched only during a call and restored afterwards.
+    samples : int
+        Default number of MC samples S (default 100).
+    task : {"regression", "classification"}
+        Classification models return logits (B, C); regression models return (B, *O) or a
+        (mean, log_variance) pair for a heteroscedastic head.
+    device : str or torch.device, optional
+        Where to run; default: the device of the model's parameters (CPU if none).
+    tau : float, optional
+        Model precision; 1/tau is added to the regression variance (Gal, eq. 8).
+    max_rows : int, optional
+        Largest number of rows (samples x batch) per forward chunk. Default: sized from a
+        memory budget (256 MiB of activations on CPU, 40% of free memory on CUDA).
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of the forward passes; statistics are always float64.
+    split : {"auto", "off"}
+        "auto" runs the layers before the first dropout once per call when the model is an
+        ``nn.Sequential`` or traceable by torch.fx (checked against replication first).
+    max_samples : int
+        Upper bound for ``samples`` and for adaptive sampling (default 10,000).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: int = 100,
+        task: Task = "regression",
+        device: str | torch.device | None = None,
+        tau: float | None = None,
+        *,
+        max_rows: int | None = None,
+        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+        split: Literal["auto", "off"] = "auto",
+        max_samples: int = 10_000,
+    ) -> None:
+        if task not in ("regression", "classification"):
+            raise InvalidInputError(f"task must be 'regression' or 'classification', got {task!r}")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise InvalidInputError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        if split not in ("auto", "off"):
+            raise InvalidInputError(f"split must be 'auto' or 'off', got {split!r}")
+        if tau is not None and not (isinstance(tau, (int, float)) and tau > 0 and math.isfinite(tau)):
+            raise InvalidInputError(f"tau must be a positive finite number, got {tau!r}")
+        if max_rows is not None:
+            _validate_samples(max_rows, "max_rows")
+        self.samples = _validate_samples(samples)
+        self.max_samples = _validate_samples(max_samples, "max_samples")
+        self.task: Task = task
+        self.tau = float(tau) if tau is not None else None
+        self.precision = precision
+        self.split_mode = split
+        self.max_rows = max_rows
+        if device is None:
+            p = next(model.parameters(), None)
+            device = p.device if p is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        p0 = next(model.parameters(), None)
+        self.param_dtype = p0.dtype if p0 is not None else torch.float32
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._lock = threading.RLock()
+        self.last_chunk_rows: list[int] = []  # rows of each forward chunk of the last call
+
+    # ------------------------------------------------------------------ public API
+
+    def predict(
+        self,
+        x: Any,
+        samples: int | Literal["auto"] | None = None,
+        seed: int | None = None,
+        *,
+        return_samples: bool = False,
+        rtol: float = 0.02,
+        atol: float = 0.0,
+        min_samples: int = 32,
+        max_samples: int | None = None,
+        exact: bool = False,
+    ) -> Prediction:
+        """Predict with S stochastic passes.
+
+        Parameters
+        ----------
+        x : Tensor or ndarray (B, ...)
+            Input rows of any rank and dtype the model accepts.
+        samples : int, "auto" or None
+            S; None uses the predictor's default. "auto" draws in rounds (``min_samples``,
+            then doubling) until every output of a row has MC standard error
+            <= ``rtol * |mean| + atol``, or ``max_samples`` is reached, per row.
+        seed : int, optional
+            Same seed and input give the same numbers, however the rows are batched. A
+            random seed is drawn (and reported in ``Prediction.seed``) when omitted.
+        return_samples : bool
+            Keep the raw (S, B, *O) draws in ``Prediction.draws``.
+        exact : bool
+            Enumerate all 2^n dropout subnetworks (n dropout units per row, n <= 16) with
+            their probabilities instead of sampling; ``variance`` is then the exact
+            population variance. For tiny models and tests.
+        """
+        with self._lock:
+            xt = self._prepare(x)
+            if exact:
+                return self._predict_exact(xt)
+            if samples == "auto":
+                cap = _validate_samples(max_samples if max_samples is not None else self.max_samples, "max_samples")
+                return self._predict_adaptive(xt, _validate_seed(seed), return_samples, rtol, atol, _validate_samples(min_samples, "min_samples"), cap)  # fmt: skip
+            s = self.samples if samples is None else _validate_samples(samples)
+            if s > self.max_samples:
+                raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
+            group = _Group(xt, _validate_seed(seed), s)
+            self._run([group], return_samples)
+            return self._finish(group)
+
+    def predict_many(self, requests: Sequence[MCRequest]) -> list[Prediction]:
+        """Run several requests (own inputs, sample count, seed) through shared forward passes.
+
+        Each request gets exactly the masks it would get alone, so each result equals
+        ``predict(r.inputs, r.samples, r.seed)`` up to float rounding. Input validation
+        errors name the request index.
+        """
+        with self._lock:
+            groups = []
+            for i, r in enumerate(requests):
+                try:
+                    xt = self._prepare(r.inputs)
+                    s = self.samples if r.samples is None else _validate_samples(r.samples)
+                    if s > self.max_samples:
+                        raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
+                    groups.append(_Group(xt, _validate_seed(r.seed), s))
+                except InvalidInputError as exc:
+                    raise InvalidInputError(f"request {i}: {exc}") from exc
+            if not groups:
+                return []
+            self._run(groups, False)
+            return [self._finish(g) for g in groups]
+
+    def deterministic(self, x: Any) -> torch.Tensor:
+        """One plain eval-mode forward pass (no dropout): the cost baseline."""
+        with self._lock:
+            xt = self._prepare(x)
+            saved = [(m, m.training) for m in self.model.modules()]
+            self.model.eval()
+            try:
+                with torch.inference_mode(), self._autocast():
+                    y, _ = _split_output(self.model(xt))
+                return y
+            finally:
+                layers.restore_flags(saved)
+
+    # ------------------------------------------------------------------ input handling
+
+    def _prepare(self, x: Any) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            if x.dtype == object:
+                raise InvalidInputError("inputs must be numeric, got an object array")
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        elif isinstance(x, (list, tuple)):
+            try:
+                x = torch.as_tensor(np.asarray(x))
+            except (ValueError, TypeError) as exc:
+                raise InvalidInputError(f"inputs must be a rectangular numeric array: {exc}") from exc
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInputError(f"inputs must be a tensor or array, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise InvalidInputError(f"inputs must hold at least one row, got shape {tuple(x.shape)}")
+        if x.is_floating_point():
+            finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+            if not bool(finite.all()):
+                bad = torch.nonzero(~finite).flatten().tolist()
+                shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+                raise InvalidInputError(f"inputs contain NaN or Inf in rows {shown}")
+            if x.dtype != self.param_dtype and self.param_dtype.is_floating_point:
+                x = x.to(self.param_dtype)
+        elif x.dtype == torch.bool:
+            raise InvalidInputError("inputs must be numeric, got booleans")
+        return x.to(self.device)
+
+    def _autocast(self) -> Any:
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ planning
+
+    def _record(self, x: torch.Tensor) -> list[layers.SiteRecord]:
+        ctx = layers.SamplingContext(mode="record")
+        with torch.inference_mode(), layers.sampling(ctx):
+            self.model(x)
+        return ctx.records
+
+    def _plan(self, x: torch.Tensor) -> _Plan:
+        sig = (tuple(x.shape[1:]), x.dtype)
+        plan = self._plans.get(sig)
+        if plan is not None:
+            return plan
+        one = x[:1]
+        r2 = self._record(one.expand(2, *one.shape[1:]).contiguous())
+        r3 = self._record(one.expand(3, *one.shape[1:]).contiguous())
+        if not r2:
+            raise NoDropoutError(
+                f"{type(self.model).__name__} ran no dropout: MC sampling would report zero "
+                "variance. Add dropout (e.g. mcdrop.MCDropout) to the model"
+            )
+        layouts: dict[int, tuple[int, int]] = {}
+        per_row = x[0].numel() * x.element_size()
+        if len(r2) == len(r3):
+            for k, (a, b) in enumerate(zip(r2, r3)):
+                if len(a.shape) != len(b.shape):
+                    continue
+                diff = [d for d in range(len(a.shape)) if a.shape[d] != b.shape[d]]
+                if len(diff) == 1 and a.shape[diff[0]] % 2 == 0:
+                    d = diff[0]
+                    m = a.shape[d] // 2
+                    if b.shape[d] == 3 * m:
+                        layouts[k] = (d, m)
+                        per_row = max(per_row, math.prod(a.shape) // 2 * 4)
+        with torch.inference_mode():
+            y = self.model(one.expand(2, *one.shape[1:]).contiguous())
+        hetero = not isinstance(y, torch.Tensor)
+        plan = _Plan(layouts, r2, per_row_bytes=per_row * 8, hetero=hetero)
+        if self.split_mode == "auto":
+            self._choose_split(plan, x)
+        self._plans[sig] = plan
+        return plan
+
+    def _choose_split(self, plan: _Plan, x: torch.Tensor) -> None:
+        probe = x[: min(len(x), 3)]
+        result: _split.Split | str
+        if isinstance(self.model, nn.Sequential):
+            result = _split.sequential_split(self.model, probe)
+        else:
+            result = _split.fx_split(self.model)
+        if isinstance(result, str):
+            plan.split_reason = result
+            log.info("mcdrop: replicating inputs for %s: %s", type(self.model).__name__, result)
+            return
+        # Check the split against replication on a few rows and samples before trusting it.
+        try:
+            a = self._forward_units(plan, _Group(probe, 12345, 3), 0, 3, None)
+            plan.split = result
+            b = self._forward_units(plan, _Group(probe, 12345, 3), 0, 3, None)
+        except Exception as exc:
+            plan.split = None
+            plan.split_reason = f"split forward failed ({type(exc).__name__}: {exc})"
+            log.warning("mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason)
+            return
+        ya, yb = _split_output(a)[0].float(), _split_output(b)[0].float()
+        scale = float(ya.abs().max()) + 1e-6
+        if ya.shape != yb.shape or not torch.allclose(ya, yb, rtol=1e-4, atol=1e-5 * scale):
+            plan.split = None
+            plan.split_reason = "split output differs from replication"
+            log.warning("mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason)
+        else:
+            plan.split_reason = f"split ({result.strategy})"
+
+    def _chunk_rows(self, plan: _Plan) -> int:
+        if self.max_rows is not None:
+            return self.max_rows
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * 0.4)
+        else:
+            budget = _CPU_BUDGET
+        return max(1, budget // max(1, plan.per_row_bytes))
+
+    # ------------------------------------------------------------------ execution
+
+    def _forward_units(
+        self, plan: _Plan, g: _Group, s0: int, s1: int, rows: torch.Tensor | None
+    ) -> Any:
+        """Outputs for samples [s0, s1) of one group: (U * B, *O) or a pair of those."""
+        keys = unit_keys(g.seed, torch.arange(s0, s1, device=self.device))
+        return self._forward_segments(plan, [(g, keys, rows)])
+
+    def _forward_segments(
+        self, plan: _Plan, segs: list[tuple[_Group, torch.Tensor, torch.Tensor | None]]
+    ) -> Any:
+        """One forward pass over several (group, unit keys, active rows) segments."""
+        inputs: list[list[Any]] = []
+        counts: list[int] = []
+        for g, keys, rows in segs:
+            u = len(keys)
+            if plan.split is not None:
+                if g.frontier is None:
+                    with torch.inference_mode(), self._autocast():
+                        g.frontier = tuple(plan.split.prefix(g.x))
+                vals = g.frontier
+            else:
+                vals = (g.x,)
+            b = len(g.x)
+            expanded = []
+            for v in vals:
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == b:
+                    v = v if rows is None else v[rows]
+                    # reshape copies: the suffix may write in place without touching the cache
+                    v = v.unsqueeze(0).expand(u, *v.shape).reshape(u * v.shape[0], *v.shape[1:])
+                expanded.append(v)
+            inputs.append(expanded)
+            counts.append(u * (b if rows is None else len(rows)))
+        if len(segs) == 1:
+            keys = segs[0][1]
+            ctx = layers.SamplingContext(
+                mode="keyed", keys=keys, rows_per_unit=counts[0] // len(keys), layouts=plan.layouts
+            )
+            args = inputs[0]
+        else:
+            keys = torch.cat([k for _, k, _ in segs])
+            per_unit = torch.tensor(
+                [c // len(k) for c, (_, k, _) in zip(counts, segs) for _ in range(len(k))],
+                device=self.device,
+            )
+            row_unit = torch.repeat_interleave(torch.arange(len(keys), device=self.device), per_unit)
+            ctx = layers.SamplingContext(mode="keyed", keys=keys, row_unit=row_unit, layouts=plan.layouts)
+            args = []
+            for j in range(len(inputs[0])):
+                vs = [inp[j] for inp in inputs]
+                args.append(torch.cat(vs) if isinstance(vs[0], torch.Tensor) and vs[0].dim() > 0 else vs[0])
+        fn = plan.split.suffix if plan.split is not None else self.model
+        self.last_chunk_rows.append(sum(counts))
+        with torch.inference_mode(), layers.sampling(ctx), self._autocast():
+            return fn(*args)
+
+    def _new_acc(self, g: _Group, plan: _Plan) -> None:
+        g.acc = ClassStats() if self.task == "classification" else Moments()
+        g.hetero_acc = Moments() if plan.hetero else None
+
+    def _fold(self, g: _Group, y: Any, u: int, rows: torch.Tensor | None, keep: bool) -> None:
+        main, logvar = _split_output(y)
+        b = len(g.x) if rows is None else len(rows)
+        main = main.float().reshape(u, b, *main.shape[1:])  # (U, b, *O)
+        if not bool(torch.isfinite(main).all()):
+            bad = torch.nonzero(~torch.isfinite(main.reshape(u, b, -1)).all(dim=2).all(dim=0)).flatten()
+            rows_bad = bad if rows is None else rows[bad]
+            raise ModelOutputError(f"the model returned NaN or Inf for rows {rows_bad.tolist()[:10]}")
+        if keep:
+            g.draws.append(main.cpu())
+        if self.task == "classification":
+            if main.dim() != 3:
+                raise ModelOutputError(
+                    f"a classifier must return logits shaped (batch, classes); got {tuple(main.shape[1:])}"
+                )
+            g.acc.update(torch.softmax(main.double(), dim=-1), rows)
+        else:
+            g.acc.update(main, rows)
+            if logvar is not None:
+                assert g.hetero_acc is not None
+                g.hetero_acc.update(torch.exp(logvar.double().reshape(u, b, *logvar.shape[1:])), rows)
+
+    def _run(self, groups: list[_Group], keep: bool) -> None:
+        self.last_chunk_rows = []
+        saved = layers.set_mc_flags(self.model)
+        try:
+            plans = [self._plan(g.x) for g in groups]
+            # One plan per call keeps the shared forward well-defined.
+            if len({id(p) for p in plans}) > 1:
+                for g, p in zip(groups, plans):
+                    self._run_groups([g], p, keep)
+            else:
+                self._run_groups(groups, plans[0], keep)
+        finally:
+            layers.restore_flags(saved)
+
+    def _run_groups(self, groups: list[_Group], plan: _Plan, keep: bool) -> None:
+        for g in groups:
+            self._new_acc(g, plan)
+        budget = self._chunk_rows(plan)
+        # Pack (group, sample range) segments into chunks of at most `budget` rows.
+        pending = [(g, 0, g.samples) for g in groups]
+        while pending:
+            segs: list[tuple[_Group, int, int]] = []
+            room = budget
+            while pending and (room > 0):
+                g, s0, s1 = pending[0]
+                b = len(g.x)
+                take = min(s1 - s0, max(1, room // b)) if (room >= b or not segs) else 0
+                if take == 0:
+                    break
+                segs.append((g, s0, s0 + take))
+                room -= take * b
+                if s0 + take == s1:
+                    pending.pop(0)
+                else:
+                    pending[0] = (g, s0 + take, s1)
+            self._run_chunk(plan, segs, keep)
+
+    def _run_chunk(self, plan: _Plan, segs: list[tuple[_Group, int, int]], keep: bool) -> None:
+        try:
+            seg_keys = [
+                (g, unit_keys(g.seed, torch.arange(s0, s1, device=self.device)), None)
+                for g, s0, s1 in segs
+            ]
+            y = self._forward_segments(plan, seg_keys)
+        except torch.OutOfMemoryError:
+            total = sum((s1 - s0) * len(g.x) for g, s0, s1 in segs)
+            if total <= min(len(g.x) for g, _, _ in segs):
+                raise
+            self.max_rows = max(1, total // 2)
+            log.warning("mcdrop: out of memory with %d rows per chunk; halving", total)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half: list[tuple[_Group, int, int]] = []
+            for g, s0, s1 in segs:
+                if s1 - s0 > 1:
+                    mid = (s0 + s1) // 2
+                    half += [(g, s0, mid), (g, mid, s1)]
+                else:
+                    half.append((g, s0, s1))
+            for part in half:
+                self._run_chunk(plan, [part], keep)
+            return
+        main, logvar = _split_output(y)
+        offset = 0
+        for g, s0, s1 in segs:
+            n = (s1 - s0) * len(g.x)
+            part: Any = main[offset : offset + n]
+            if logvar is not None:
+                part = (part, logvar[offset : offset + n])
+            self._fold(g, part, s1 - s0, None, keep)
+            offset += n
+        for g, _, s1 in segs:
+            g.done = max(g.done, s1)
+
+    # ------------------------------------------------------------------ adaptive / exact
+
+    def _predict_adaptive(
+        self, x: torch.Tensor, seed: int, keep: bool, rtol: float, atol: float, first: int, cap: int
+    ) -> Prediction:
+        if rtol < 0 or atol < 0 or (rtol == 0 and atol == 0):
+            raise InvalidInputError("rtol and atol must be >= 0 and not both 0")
+        g = _Group(x, seed, min(first, cap))
+        self.last_chunk_rows = []
+        saved = layers.set_mc_flags(self.model)
+        try:
+            plan = self._plan(x)
+            self._new_acc(g, plan)
+            per_row = torch.full((len(x),), 0, dtype=torch.int64)
+            active = torch.arange(len(x), device=self.device)
+            done = 0
+            target = min(first, cap)
+            budget = self._chunk_rows(plan)
+            while True:
+                rows = None if len(active) == len(x) else active
+                s0 = done
+                while s0 < target:
+                    s1 = min(target, s0 + max(1, budget // len(active)))
+                    y = self._forward_units(plan, g, s0, s1, rows)
+                    self._fold(g, y, s1 - s0, rows, keep and rows is None)
+                    s0 = s1
+                per_row[active.cpu()] = target
+                done = target
+                moments = g.acc.moments if self.task == "classification" else g.acc
+                se = torch.sqrt(moments.variance() / moments.count.view(-1, *([1] * (moments.mean.dim() - 1))))
+                ok = (se <= rtol * moments.mean.abs() + atol).reshape(len(x), -1).all(dim=1)
+                active = torch.nonzero(~ok).flatten()
+                if len(active) == 0 or done >= cap:
+                    break
+                target = min(cap, done * 2)
+                keep = False  # draws of later rounds cover only some rows
+        finally:
+            layers.restore_flags(saved)
+        g.samples = done
+        pred = self._finish(g)
+        pred.samples_per_row = per_row
+        if not keep:
+            pred.draws = None
+        return pred
+
+    def _predict_exact(self, x: torch.Tensor) -> Prediction:
+        saved = layers.set_mc_flags(self.model)
+        try:
+            plan = self._plan(x)
+            sizes = []
+            for k, rec in enumerate(plan.sites):
+                d, m = plan.layouts.get(k, (0, rec.shape[0] // 2))
+                per = math.prod(rec.shape) // 2 if rec.kind in ("element", "alpha") else rec.shape[1]
+                sizes.append(per if rec.p > 0 else 0)
+            n = sum(sizes)
+            if n > _MAX_EXACT_UNITS:
+                raise InvalidInputError(
+                    f"exact=True enumerates 2^n subnetworks; this model has n = {n} dropout units "
+                    f"per row (at most {_MAX_EXACT_UNITS} allowed)"
+                )
+            offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+            total = 2**n
+            ids = torch.arange(total, device=self.device)
+            bits = ((ids.unsqueeze(1) >> torch.arange(max(n, 1), device=self.device)) & 1).bool()  # (2^n, n) True = dropped
+
+            def mask_fn(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tensor:
+                o = offsets[site]
+                return ~bits[keys][:, o : o + numel]
+
+            logw = torch.zeros(total, dtype=torch.float64, device=self.device)
+            for k, rec in enumerate(plan.sites):
+                if sizes[k] == 0:
+                    continue
+                dropped = bits[:, offsets[k] : offsets[k] + sizes[k]].sum(dim=1).double()
+                logw += dropped * math.log(rec.p) + (sizes[k] - dropped) * math.log1p(-rec.p) if rec.p < 1 else 0
+            w = torch.exp(logw)  # (2^n,)
+            b = len(x)
+            ctx = layers.SamplingContext(
+                mode="keyed", keys=ids, rows_per_unit=b, layouts=plan.layouts, mask_fn=mask_fn
+            )
+            xs = x.unsqueeze(0).expand(total, *x.shape).reshape(total * b, *x.shape[1:])
+            with torch.inference_mode(), layers.sampling(ctx), self._autocast():
+                y = self.model(xs)
+        finally:
+            layers.restore_flags(saved)
+        main, logvar = _split_output(y)
+        main = main.double().reshape(total, b, *main.shape[1:])
+        wv = w.view(-1, *([1] * (main.dim() - 1)))
+        if self.task == "classification":
+            p = torch.softmax(main, dim=-1)
+            mean = (wv * p).sum(0)
+            var = (wv * (p - mean) ** 2).sum(0)
+            ee = (w.view(-1, 1) * entropy(p)).sum(0)
+            pe = entropy(mean)
+            votes = torch.zeros_like(mean)
+            votes.scatter_add_(-1, p.argmax(-1).T, w.view(-1, 1).expand(total, b).T.contiguous())
+            return Prediction(
+                task=self.task, mean=mean, variance=var, std=var.sqrt(), stderr=torch.zeros_like(var),
+                samples=total, samples_per_row=torch.full((b,), total), seed=0, probs=mean,
+                predictive_entropy=pe, expected_entropy=ee, mutual_information=(pe - ee).clamp_min(0),
+                variation_ratio=1 - votes.max(-1).values, exact=True,
+            )  # fmt: skip
+        mean = (wv * main).sum(0)
+        epi = (wv * (main - mean) ** 2).sum(0)
+        alea = torch.zeros_like(epi)
+        if logvar is not None:
+            alea = alea + (wv * torch.exp(logvar.double().reshape(total, b, *logvar.shape[1:]))).sum(0)
+        if self.tau is not None:
+            alea = alea + 1.0 / self.tau
+        var = epi + alea
+        return Prediction(
+            task=self.task, mean=mean, variance=var, std=var.sqrt(), stderr=torch.zeros_like(var),
+            samples=total, samples_per_row=torch.full((b,), total), seed=0,
+            epistemic_variance=epi, aleatoric_variance=alea, exact=True,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ summaries
+
+    def _finish(self, g: _Group) -> Prediction:
+        b = len(g.x)
+        draws = torch.cat(g.draws) if g.draws else None
+        per_row = torch.full((b,), g.samples, dtype=torch.int64)
+        if self.task == "classification":
+            summ = g.acc.summary()
+            var = g.acc.moments.variance()
+            count = g.acc.moments.count
+            return Prediction(
+                task=self.task, mean=summ["probs"], variance=var, std=var.sqrt(),
+                stderr=torch.sqrt(var / count.view(-1, 1)), samples=g.samples,
+                samples_per_row=per_row, seed=g.seed, draws=draws, **summ,
+            )  # fmt: skip
+        m: Moments = g.acc
+        epi = m.variance()
+        alea = torch.zeros_like(epi)
+        if g.hetero_acc is not None and g.hetero_acc.mean is not None:
+            alea = alea + g.hetero_acc.mean
+        if self.tau is not None:
+            alea = alea + 1.0 / self.tau
+        var = epi + alea
+        assert m.count is not None and m.mean is not None
+        c = m.count.view(-1, *([1] * (epi.dim() - 1)))
+        return Prediction(
+            task=self.task, mean=m.mean, variance=var, std=var.sqrt(), stderr=torch.sqrt(epi / c),
+            samples=g.samples, samples_per_row=per_row, seed=g.seed,
+            epistemic_variance=epi, aleatoric_variance=alea, draws=draws,
+        )  # fmt: skip
+
+    def describe(self, x: Any) -> dict[str, Any]:
+        """How the engine runs inputs shaped like ``x``: sites, split strategy, chunk rows."""
+        with self._lock:
+            xt = self._prepare(x)
+            saved = layers.set_mc_flags(self.model)
+            try:
+                plan = self._plan(xt)
+            finally:
+                layers.restore_flags(saved)
+            return {
+                "dropout_sites": len(plan.sites),
+                "split": plan.split.strategy if plan.split else None,
+                "split_reason": plan.split_reason,
+                "max_rows": self._chunk_rows(plan),
+            }

@@ -1,0 +1,128 @@
+"""Streaming moments and the predictive summaries of MC dropout.
+
+All accumulators are float64 and merge exactly (Chan et al.'s parallel update), so the
+result does not depend on how the S samples were chunked, up to float rounding.
+Shapes: S samples, B rows, ``*O`` one row's output shape, C classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "Moments",
+    "ClassStats",
+    "entropy",
+    "mc_standard_error",
+    "normal_interval",
+]
+
+_EPS = 1e-12
+
+
+class Moments:
+    """Running count, mean and sum of squared deviations (M2) per element, in float64.
+
+    ``counts`` may differ per row (adaptive sampling), so it has shape (B,).
+    """
+
+    def __init__(self) -> None:
+        self.count: torch.Tensor | None = None  # (B,)
+        self.mean: torch.Tensor | None = None  # (B, *O)
+        self.m2: torch.Tensor | None = None  # (B, *O)
+
+    def update(self, draws: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Fold in ``draws`` of shape (k, b, *O) for rows ``rows`` (all rows when None)."""
+        x = draws.to(torch.float64)
+        k = x.shape[0]
+        bmean = x.mean(dim=0)  # (b, *O)
+        bm2 = ((x - bmean) ** 2).sum(dim=0)
+        if self.mean is None:
+            assert rows is None, "first update must cover every row"
+            self.count = torch.full((x.shape[1],), float(k), dtype=torch.float64, device=x.device)
+            self.mean, self.m2 = bmean, bm2
+            return
+        assert self.count is not None and self.m2 is not None
+        idx = rows if rows is not None else slice(None)
+        na = self.count[idx]
+        na_b = na.view(-1, *([1] * (bmean.dim() - 1)))
+        n = na_b + k
+        delta = bmean - self.mean[idx]
+        self.mean[idx] = self.mean[idx] + delta * (k / n)
+        self.m2[idx] = self.m2[idx] + bm2 + delta**2 * (na_b * k / n)
+        self.count[idx] = na + k
+
+    def variance(self, ddof: int = 1) -> torch.Tensor:
+        """Per-element variance; ddof=1 gives the unbiased sample variance (0 when S = 1)."""
+        assert self.count is not None and self.m2 is not None
+        c = self.count.view(-1, *([1] * (self.m2.dim() - 1)))
+        return torch.where(c > ddof, self.m2 / (c - ddof).clamp_min(1), torch.zeros_like(self.m2))
+
+
+def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy in nats along ``dim`` with 0 log 0 = 0."""
+    return -(p * torch.log(p.clamp_min(_EPS))).sum(dim=dim)
+
+
+class ClassStats:
+    """Streaming classification summaries over samples of softmax probabilities."""
+
+    def __init__(self) -> None:
+        self.moments = Moments()  # of probabilities (B, C)
+        self.entropy_sum: torch.Tensor | None = None  # (B,)
+        self.votes: torch.Tensor | None = None  # (B, C) argmax counts
+
+    def update(self, probs: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """``probs``: (k, b, C) softmax probabilities of k samples."""
+        p = probs.to(torch.float64)
+        self.moments.update(p, rows)
+        ent = entropy(p).sum(dim=0)  # (b,)
+        votes = torch.zeros(p.shape[1:], dtype=torch.float64, device=p.device)
+        votes.scatter_add_(-1, p.argmax(dim=-1).T, torch.ones(p.shape[1], p.shape[0], dtype=torch.float64, device=p.device))  # fmt: skip
+        if self.entropy_sum is None:
+            self.entropy_sum, self.votes = ent, votes
+            return
+        assert self.votes is not None
+        idx = rows if rows is not None else slice(None)
+        self.entropy_sum[idx] += ent
+        self.votes[idx] += votes
+
+    def summary(self) -> dict[str, torch.Tensor]:
+        """probs, predictive/expected entropy, mutual information, variation ratio."""
+        m = self.moments
+        assert m.mean is not None and m.count is not None and self.entropy_sum is not None
+        assert self.votes is not None
+        probs = m.mean
+        pe = entropy(probs)
+        ee = self.entropy_sum / m.count
+        # MI >= 0 by Jensen; clamp the tiny negative values float rounding can give.
+        mi = (pe - ee).clamp_min(0.0)
+        vr = 1.0 - self.votes.max(dim=-1).values / m.count
+        return {
+            "probs": probs,
+            "predictive_entropy": pe,
+            "expected_entropy": ee,
+            "mutual_information": mi,
+            "variation_ratio": vr,
+        }
+
+
+def mc_standard_error(variance: torch.Tensor, samples: torch.Tensor | int) -> torch.Tensor:
+    """Monte Carlo standard error of the sample mean: sqrt(variance / S)."""
+    s = samples if isinstance(samples, int) else samples.to(variance.dtype)
+    if isinstance(s, torch.Tensor):
+        s = s.view(-1, *([1] * (variance.dim() - 1)))
+    return torch.sqrt(variance / s)
+
+
+def normal_interval(
+    mean: torch.Tensor, std: torch.Tensor, level: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central interval of a normal with ``mean`` and ``std`` at coverage ``level``."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    z = math.sqrt(2.0) * torch.erfinv(torch.tensor((1.0 + level) / 2.0, dtype=torch.float64))
+    zf = float(z)
+    return mean - zf * std, mean + zf * std
