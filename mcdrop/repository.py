@@ -1,0 +1,656 @@
+"""The model repository: one folder per served model, loaded by path.
+
+Layout of a model folder::
+
+    models/digits/
+        model.toml           manifest (validated strictly, see below)
+        model.py             architecture: a factory function returning an nn.Module
+        weights.safetensors  the module's state dict (never pickle)
+        train.py, README.md  how the weights were made, and the model card (not read here)
+
+``model.toml``::
+
+    name = "digits"
+    version = "1.0.0"
+    task = "classification"          # or "regression"
+    description = "..."
+
+    [input]
+    shape = [64]                     # one row, without the batch dimension
+    dtype = "float32"                # float32 | float64 | int64
+
+    [output]
+    shape = [10]
+    names = ["0", "1", ...]          # optional; one per output element
+
+    [sampling]
+    default_samples = 100
+    max_samples = 1000
+    max_batch_rows = 1024
+    tau = 0.5                        # optional, regression only; in output units
+
+    [model]
+    factory = "build"
+
+    [model.config]                   # keyword arguments of the factory
+    hidden = 128
+
+Loading never returns anything half-built: a folder either gives a :class:`LoadedModel`
+whose weights matched the architecture exactly and whose dry forward pass gave the declared
+output shape, or an error (:class:`~mcdrop.errors.ManifestError` for the folder, manifest
+and architecture code, :class:`~mcdrop.errors.WeightsError` for the tensors) whose message
+names the file and the field or tensor at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import re
+import shutil
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from mcdrop.errors import ManifestError, McdropError, WeightsError
+from mcdrop.predictor import MCPredictor
+
+__all__ = [
+    "Manifest",
+    "LoadedModel",
+    "Repository",
+    "load_manifest",
+    "load_model",
+    "load_repository",
+    "save_model",
+    "manifest_to_toml",
+    "MANIFEST_FILE",
+    "ARCH_FILE",
+    "WEIGHTS_FILE",
+]
+
+MANIFEST_FILE = "model.toml"
+ARCH_FILE = "model.py"
+WEIGHTS_FILE = "weights.safetensors"
+
+TASKS = ("regression", "classification")
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int64": torch.int64,
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """A validated ``model.toml``.
+
+    Attributes
+    ----------
+    name, version, task, description : str
+        ``task`` is "regression" or "classification". ``name`` is URL-safe
+        (letters, digits, ``_ . -``).
+    input_shape : tuple of int
+        Shape of ONE input row, e.g. ``(64,)``; a request sends (B, *input_shape).
+    input_dtype : str
+        "float32" (default), "float64" or "int64".
+    output_shape : tuple of int
+        Shape of one row's output, e.g. ``(10,)`` for 10 classes or ``(1,)``.
+    output_names : tuple of str
+        One label per output element (class names for classifiers); may be empty.
+    default_samples, max_samples : int
+        MC samples used when a request names none, and the most it may ask for.
+    max_batch_rows : int
+        Most input rows one request may send.
+    tau : float or None
+        Model precision (regression): 1/tau is added to the predictive variance. In the
+        units of the output.
+    factory : str
+        Name of the function in ``model.py`` that builds the module.
+    config : dict
+        Keyword arguments of the factory.
+    """
+
+    name: str
+    version: str
+    task: str
+    description: str = ""
+    input_shape: tuple[int, ...]
+    input_dtype: str = "float32"
+    output_shape: tuple[int, ...]
+    output_names: tuple[str, ...] = ()
+    default_samples: int = 100
+    max_samples: int = 1000
+    max_batch_rows: int = 1024
+    tau: float | None = None
+    factory: str = "build"
+    config: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as nested plain data, in the layout of ``model.toml``."""
+        sampling: dict[str, Any] = {
+            "default_samples": self.default_samples,
+            "max_samples": self.max_samples,
+            "max_batch_rows": self.max_batch_rows,
+        }
+        if self.tau is not None:
+            sampling["tau"] = self.tau
+        return {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "description": self.description,
+            "input": {"shape": list(self.input_shape), "dtype": self.input_dtype},
+            "output": {"shape": list(self.output_shape), "names": list(self.output_names)},
+            "sampling": sampling,
+            "model": {"factory": self.factory, "config": dict(self.config)},
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A model folder loaded and checked: manifest, folder path and the built module."""
+
+    manifest: Manifest
+    path: Path
+    module: nn.Module
+    _predictor: MCPredictor | None = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def predictor(self) -> MCPredictor:
+        """The model's :class:`~mcdrop.MCPredictor` (built once, then cached).
+
+        Uses the manifest's ``default_samples``, ``task``, ``tau`` and ``max_samples``.
+        """
+        with self._lock:
+            if self._predictor is None:
+                m = self.manifest
+                self._predictor = MCPredictor(
+                    self.module,
+                    samples=m.default_samples,
+                    task=m.task,  # type: ignore[arg-type]
+                    tau=m.tau,
+                    max_samples=m.max_samples,
+                )
+            return self._predictor
+
+
+@dataclass
+class Repository:
+    """Every loadable model under ``root`` by name, and why the others failed.
+
+    ``failures`` maps a folder name to an actionable reason.
+    """
+
+    root: Path
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# Manifest parsing
+# --------------------------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed access to one table of a manifest, with errors naming file, table and key."""
+
+    def __init__(self, src: str, table: str, data: Any) -> None:
+        self.src = src
+        self.table = table
+        where = f"[{table}]" if table else "top level"
+        if not isinstance(data, dict):
+            raise ManifestError(f"{src}: {where} must be a table, got {_show(data)}")
+        self.data = data
+
+    def fail(self, key: str, msg: str) -> ManifestError:
+        prefix = f"[{self.table}] " if self.table else ""
+        return ManifestError(f"{self.src}: {prefix}{key} {msg}")
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                where = f"[{self.table}]" if self.table else "the top level"
+                known = ", ".join(sorted(allowed))
+                raise ManifestError(
+                    f"{self.src}: unknown key '{key}' in {where} (known keys: {known})"
+                )
+
+    def string(self, key: str, default: str | None = None, empty_ok: bool = False) -> str:
+        v = self.data.get(key, default)
+        if v is None:
+            raise self.fail(key, "is required")
+        if not isinstance(v, str) or (not empty_ok and not v.strip()):
+            raise self.fail(key, f"must be a non-empty string, got {_show(v)}")
+        return v
+
+    def pos_int(self, key: str, default: int | None = None) -> int:
+        v = self.data.get(key, default)
+        if v is None:
+            raise self.fail(key, "is required")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise self.fail(key, f"must be a positive integer, got {_show(v)}")
+        return v
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        v = self.data.get(key)
+        if v is None:
+            raise self.fail(key, "is required (a list of positive integers, e.g. [64])")
+        ok = isinstance(v, list) and len(v) > 0
+        ok = ok and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+        if not ok:
+            raise self.fail(key, f"must be a non-empty list of positive integers, got {_show(v)}")
+        return tuple(v)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, dict):
+        return "a table"
+    return f"{v!r}"
+
+
+def _manifest_from_dict(data: Any, src: str) -> Manifest:
+    """Validate parsed ``model.toml`` content and build a :class:`Manifest`."""
+    top = _Fields(src, "", data)
+    top.check_keys(
+        {"name", "version", "task", "description", "input", "output", "sampling", "model"}
+    )
+    name = top.string("name")
+    if not _NAME_RE.match(name):
+        raise top.fail(
+            "name",
+            f"must be 1-64 letters, digits, '_', '.' or '-' (used in URLs), got {name!r}",
+        )
+    version = top.string("version")
+    task = top.string("task")
+    if task not in TASKS:
+        raise top.fail("task", f"must be 'regression' or 'classification', got {task!r}")
+    description = top.string("description", default="", empty_ok=True)
+
+    for required in ("input", "output"):
+        if required not in data:
+            raise ManifestError(f"{src}: the [{required}] table is required")
+    inp = _Fields(src, "input", data["input"])
+    inp.check_keys({"shape", "dtype"})
+    input_shape = inp.shape("shape")
+    input_dtype = inp.string("dtype", default="float32")
+    if input_dtype not in DTYPES:
+        raise inp.fail("dtype", f"must be one of {', '.join(DTYPES)}, got {input_dtype!r}")
+
+    out = _Fields(src, "output", data["output"])
+    out.check_keys({"shape", "names"})
+    output_shape = out.shape("shape")
+    names = out.data.get("names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise out.fail("names", f"must be a list of strings, got {_show(names)}")
+    n_out = math.prod(output_shape)
+    if names and len(names) != n_out:
+        raise out.fail(
+            "names",
+            f"must have one label per output element ({n_out} for shape "
+            f"{list(output_shape)}) or be empty, got {len(names)}",
+        )
+    if task == "classification" and len(output_shape) != 1:
+        raise out.fail("shape", f"must be [classes] for a classifier, got {list(output_shape)}")
+    if task == "classification" and output_shape[0] < 2:
+        raise out.fail("shape", f"must have at least 2 classes, got {list(output_shape)}")
+
+    samp = _Fields(src, "sampling", data.get("sampling", {}))
+    samp.check_keys({"default_samples", "max_samples", "max_batch_rows", "tau"})
+    default_samples = samp.pos_int("default_samples", 100)
+    max_samples = samp.pos_int("max_samples", 1000)
+    max_batch_rows = samp.pos_int("max_batch_rows", 1024)
+    if default_samples > max_samples:
+        raise samp.fail(
+            "default_samples",
+            f"({default_samples}) must not exceed max_samples ({max_samples})",
+        )
+    tau = samp.data.get("tau")
+    if tau is not None:
+        if (
+            isinstance(tau, bool)
+            or not isinstance(tau, (int, float))
+            or not math.isfinite(tau)
+            or tau <= 0
+        ):
+            raise samp.fail("tau", f"must be a positive finite number, got {_show(tau)}")
+        if task != "regression":
+            raise samp.fail("tau", "is only meaningful for task = 'regression'")
+        tau = float(tau)
+
+    mod = _Fields(src, "model", data.get("model", {}))
+    mod.check_keys({"factory", "config"})
+    factory = mod.string("factory", default="build")
+    if not factory.isidentifier():
+        raise mod.fail("factory", f"must be a Python function name, got {factory!r}")
+    config = mod.data.get("config", {})
+    if not isinstance(config, dict):
+        raise mod.fail("config", f"must be a table of keyword arguments, got {_show(config)}")
+
+    return Manifest(
+        name=name,
+        version=version,
+        task=task,
+        description=description,
+        input_shape=input_shape,
+        input_dtype=input_dtype,
+        output_shape=output_shape,
+        output_names=tuple(names),
+        default_samples=default_samples,
+        max_samples=max_samples,
+        max_batch_rows=max_batch_rows,
+        tau=tau,
+        factory=factory,
+        config=dict(config),
+    )
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Parse and validate ``folder/model.toml``.
+
+    Raises
+    ------
+    ManifestError
+        The file is missing, is not valid TOML, or a field is missing or of the wrong type;
+        the message names the file, the table and the field.
+    """
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such file (a model folder needs a {MANIFEST_FILE})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid TOML: {exc}") from exc
+    return _manifest_from_dict(data, str(path))
+
+
+# --------------------------------------------------------------------------------------
+# Architecture and weights
+# --------------------------------------------------------------------------------------
+
+
+def _import_arch(folder: Path, manifest: Manifest) -> Any:
+    """Import ``folder/model.py`` under a unique module name; return the factory."""
+    src = folder / ARCH_FILE
+    if not src.is_file():
+        raise ManifestError(f"{src}: no such file (a model folder needs a {ARCH_FILE})")
+    digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
+    mod_name = f"_mcdrop_model_{re.sub(r'[^A-Za-z0-9_]', '_', manifest.name)}_{digest}"
+    spec = importlib.util.spec_from_file_location(mod_name, src)
+    if spec is None or spec.loader is None:  # pragma: no cover - only for odd file systems
+        raise ManifestError(f"{src}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    # Registered while executing so dataclasses/pickling inside model.py can find it.
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(mod_name, None)
+        raise ManifestError(f"{src}: importing failed: {type(exc).__name__}: {exc}") from exc
+    fn = getattr(module, manifest.factory, None)
+    if not callable(fn):
+        raise ManifestError(
+            f"{src}: has no function '{manifest.factory}' ([model] factory in {MANIFEST_FILE})"
+        )
+    return fn
+
+
+def _build(folder: Path, manifest: Manifest) -> nn.Module:
+    fn = _import_arch(folder, manifest)
+    src = folder / ARCH_FILE
+    try:
+        module = fn(**manifest.config)
+    except Exception as exc:
+        raise ManifestError(
+            f"{src}: {manifest.factory}(**[model.config]) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(module, nn.Module):
+        raise ManifestError(
+            f"{src}: {manifest.factory}() must return a torch.nn.Module, "
+            f"got {type(module).__name__}"
+        )
+    return module
+
+
+def _load_weights(folder: Path, module: nn.Module) -> None:
+    """Load ``weights.safetensors`` into ``module`` strictly (names, shapes, finiteness)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file (a model folder needs {WEIGHTS_FILE})")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file: {exc}") from exc
+    expected = module.state_dict()
+    for name, t in expected.items():
+        if name not in tensors:
+            raise WeightsError(
+                f"{path}: missing tensor '{name}' (the architecture expects shape "
+                f"{list(t.shape)}); {len(tensors)} tensors in the file"
+            )
+    for name, t in tensors.items():
+        if name not in expected:
+            raise WeightsError(
+                f"{path}: unexpected tensor '{name}' of shape {list(t.shape)} "
+                "(the architecture has no such parameter or buffer)"
+            )
+        want = expected[name]
+        if tuple(t.shape) != tuple(want.shape):
+            raise WeightsError(
+                f"{path}: tensor '{name}' has shape {list(t.shape)} but the architecture "
+                f"expects {list(want.shape)}"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise WeightsError(f"{path}: tensor '{name}' contains NaN or Inf")
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:  # pragma: no cover - the checks above catch the usual cases
+        raise WeightsError(f"{path}: {exc}") from exc
+
+
+def _dry_forward(folder: Path, manifest: Manifest, module: nn.Module) -> None:
+    """One deterministic pass on a zero row: the output must have the declared shape."""
+    src = folder / MANIFEST_FILE
+    x = torch.zeros((1, *manifest.input_shape), dtype=DTYPES[manifest.input_dtype])
+    p0 = next(module.parameters(), None)
+    if p0 is not None and x.is_floating_point():
+        x = x.to(p0.dtype)
+    module.eval()
+    try:
+        with torch.no_grad():
+            y = module(x)
+    except Exception as exc:
+        raise ManifestError(
+            f"{src}: the model fails on an input of shape {[1, *manifest.input_shape]} "
+            f"([input] shape): {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(y, (tuple, list)) and len(y) == 2:  # (mean, log_variance) head
+        y = y[0]
+    if not isinstance(y, torch.Tensor):
+        raise ManifestError(f"{src}: the model must return a tensor, got {type(y).__name__}")
+    if tuple(y.shape) != (1, *manifest.output_shape):
+        raise ManifestError(
+            f"{src}: [output] shape is {list(manifest.output_shape)} but the model returns "
+            f"{list(y.shape[1:])} per row"
+        )
+
+
+def load_model(folder: str | Path) -> LoadedModel:
+    """Load one model folder: manifest, architecture, weights, and a dry forward check.
+
+    Raises
+    ------
+    ManifestError
+        Bad or missing ``model.toml`` / ``model.py``, a factory that fails, or an output
+        shape different from the manifest's.
+    WeightsError
+        Missing or unreadable weights, or the first missing / unexpected / mismatched
+        tensor (with its name and both shapes).
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise ManifestError(f"{path}: not a model folder (no such directory)")
+    manifest = load_manifest(path)
+    module = _build(path, manifest)
+    _load_weights(path, module)
+    _dry_forward(path, manifest, module)
+    module.eval()
+    return LoadedModel(manifest=manifest, path=path, module=module)
+
+
+def load_repository(root: str | Path) -> Repository:
+    """Load every sub-folder of ``root`` holding a ``model.toml``.
+
+    A broken model never stops the others: its folder name and the reason go to
+    ``Repository.failures``. Two folders declaring the same name: the first in sorted
+    folder order is served, the second is a failure.
+
+    Raises
+    ------
+    ManifestError
+        ``root`` does not exist or is not a directory.
+    """
+    rootp = Path(root)
+    if not rootp.is_dir():
+        raise ManifestError(f"{rootp}: model repository folder does not exist")
+    repo = Repository(root=rootp)
+    owners: dict[str, str] = {}
+    for folder in sorted(p for p in rootp.iterdir() if p.is_dir()):
+        if folder.name.startswith((".", "_")) or not (folder / MANIFEST_FILE).is_file():
+            continue
+        try:
+            loaded = load_model(folder)
+        except McdropError as exc:
+            repo.failures[folder.name] = str(exc)
+            continue
+        except Exception as exc:  # a model's own code may raise anything
+            repo.failures[folder.name] = f"{folder}: {type(exc).__name__}: {exc}"
+            continue
+        name = loaded.manifest.name
+        if name in repo.models:
+            repo.failures[folder.name] = (
+                f"{folder / MANIFEST_FILE}: name '{name}' is already used by folder "
+                f"'{owners[name]}'; model names must be unique"
+            )
+            continue
+        repo.models[name] = loaded
+        owners[name] = folder.name
+    return repo
+
+
+# --------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------
+
+
+def _toml_value(v: Any, where: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # JSON string escapes are valid TOML
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x, where) for x in v) + "]"
+    raise ManifestError(f"{where}: cannot write a value of type {type(v).__name__} to TOML")
+
+
+def _toml_table(header: str, table: Mapping[str, Any]) -> list[str]:
+    lines = [f"[{header}]"] if header else []
+    subs = []
+    for k, v in table.items():
+        key = k if re.match(r"^[A-Za-z0-9_-]+$", k) else json.dumps(k)
+        if isinstance(v, Mapping):
+            subs.append((f"{header}.{key}" if header else key, v))
+        else:
+            lines.append(f"{key} = {_toml_value(v, header or 'top level')}")
+    for h, sub in subs:
+        lines.append("")
+        lines.extend(_toml_table(h, sub))
+    return lines
+
+
+def manifest_to_toml(manifest: Manifest) -> str:
+    """``model.toml`` text for ``manifest`` (read back by :func:`load_manifest` unchanged)."""
+    return "\n".join(_toml_table("", manifest.to_dict())) + "\n"
+
+
+def save_model(
+    folder: str | Path,
+    module: nn.Module,
+    manifest: Manifest,
+    model_source: str | Path,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model folder: ``model.toml``, ``model.py`` and ``weights.safetensors``.
+
+    Parameters
+    ----------
+    folder : path
+        Created if missing.
+    module : nn.Module
+        Its ``state_dict()`` is saved with safetensors (never pickle).
+    manifest : Manifest
+        Validated again before anything is written.
+    model_source : path
+        The ``model.py`` defining ``manifest.factory``; copied into the folder (nothing
+        is copied when it already is the folder's ``model.py``).
+    overwrite : bool
+        Existing files are refused unless True.
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    dest = Path(folder)
+    src = Path(model_source)
+    manifest = _manifest_from_dict(manifest.to_dict(), f"manifest for {dest / MANIFEST_FILE}")
+    if not src.is_file():
+        raise ManifestError(f"{src}: model source file does not exist")
+    targets = [dest / MANIFEST_FILE, dest / ARCH_FILE, dest / WEIGHTS_FILE]
+    same_source = (dest / ARCH_FILE).exists() and (dest / ARCH_FILE).resolve() == src.resolve()
+    if not overwrite:
+        existing = [t for t in targets if t.exists() and not (t.name == ARCH_FILE and same_source)]
+        if existing:
+            raise ManifestError(
+                f"{existing[0]}: already exists; pass overwrite=True to replace the model"
+            )
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    dest.mkdir(parents=True, exist_ok=True)
+    text = manifest_to_toml(manifest)
+    (dest / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    if not same_source:
+        shutil.copyfile(src, dest / ARCH_FILE)
+    save_file(tensors, str(dest / WEIGHTS_FILE), metadata={"name": manifest.name})
+    return dest
