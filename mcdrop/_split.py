@@ -139,8 +139,9 @@ def fx_split(model: nn.Module) -> Split | str:
             continue
         if n.op == "output" or n in stoch or n not in input_dep:
             env2[n] = post.node_copy(n, lambda a: env2[a])
-    post.eliminate_dead_code()
-    pre.eliminate_dead_code()
     prefix_gm = fx.GraphModule(gm, pre)
     suffix_gm = fx.GraphModule(gm, post)
+    for part in (prefix_gm, suffix_gm):
+        part.graph.eliminate_dead_code()
+        part.recompile()
     return Split(prefix_gm, suffix_gm, "fx")

@@ -53,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Monte Carlo dropout uncertainty: engine, service and tools.",
         epilog="Run 'mcdrop COMMAND --help' for the options of a command.",
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    parser.add_argument(
+        "command",
+        choices=sorted(COMMANDS),
+        help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()),
+    )
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2

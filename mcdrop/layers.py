@@ -312,11 +312,19 @@ def _install_patches() -> None:
             enable_gqa: bool = False,
         ) -> torch.Tensor:
             ctx = getattr(_TLS, "ctx", None)
+            if ctx is not None and ctx.mode == "free" and dropout_p > 0.0:
+                ctx.site += 1  # torch's fused kernel samples the mask; count the site
             if ctx is None or ctx.mode == "free" or dropout_p == 0.0:
                 return sdpa(
-                    query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                    is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-                )  # fmt: skip
+                    query,
+                    key,
+                    value,
+                    attn_mask=attn_mask,
+                    dropout_p=dropout_p,
+                    is_causal=is_causal,
+                    scale=scale,
+                    enable_gqa=enable_gqa,
+                )
             return _manual_attention(
                 query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
             )

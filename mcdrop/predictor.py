@@ -215,7 +215,9 @@ class MCPredictor:
             raise InvalidInputError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         if split not in ("auto", "off"):
             raise InvalidInputError(f"split must be 'auto' or 'off', got {split!r}")
-        if tau is not None and not (isinstance(tau, (int, float)) and tau > 0 and math.isfinite(tau)):
+        if tau is not None and not (
+            isinstance(tau, (int, float)) and tau > 0 and math.isfinite(tau)
+        ):
             raise InvalidInputError(f"tau must be a positive finite number, got {tau!r}")
         if max_rows is not None:
             _validate_samples(max_rows, "max_rows")
@@ -277,8 +279,18 @@ class MCPredictor:
             if exact:
                 return self._predict_exact(xt)
             if samples == "auto":
-                cap = _validate_samples(max_samples if max_samples is not None else self.max_samples, "max_samples")
-                return self._predict_adaptive(xt, _validate_seed(seed), return_samples, rtol, atol, _validate_samples(min_samples, "min_samples"), cap)  # fmt: skip
+                cap = _validate_samples(
+                    max_samples if max_samples is not None else self.max_samples, "max_samples"
+                )
+                return self._predict_adaptive(
+                    xt,
+                    _validate_seed(seed),
+                    return_samples,
+                    rtol,
+                    atol,
+                    _validate_samples(min_samples, "min_samples"),
+                    cap,
+                )
             s = self.samples if samples is None else _validate_samples(samples)
             if s > self.max_samples:
                 raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
@@ -300,7 +312,9 @@ class MCPredictor:
                     xt = self._prepare(r.inputs)
                     s = self.samples if r.samples is None else _validate_samples(r.samples)
                     if s > self.max_samples:
-                        raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
+                        raise InvalidInputError(
+                            f"samples must be at most {self.max_samples}, got {s}"
+                        )
                     groups.append(_Group(xt, _validate_seed(r.seed), s))
                 except InvalidInputError as exc:
                     raise InvalidInputError(f"request {i}: {exc}") from exc
@@ -333,11 +347,15 @@ class MCPredictor:
             try:
                 x = torch.as_tensor(np.asarray(x))
             except (ValueError, TypeError) as exc:
-                raise InvalidInputError(f"inputs must be a rectangular numeric array: {exc}") from exc
+                raise InvalidInputError(
+                    f"inputs must be a rectangular numeric array: {exc}"
+                ) from exc
         if not isinstance(x, torch.Tensor):
             raise InvalidInputError(f"inputs must be a tensor or array, got {type(x).__name__}")
         if x.dim() == 0 or x.shape[0] == 0:
-            raise InvalidInputError(f"inputs must hold at least one row, got shape {tuple(x.shape)}")
+            raise InvalidInputError(
+                f"inputs must hold at least one row, got shape {tuple(x.shape)}"
+            )
         if x.is_floating_point():
             finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
             if not bool(finite.all()):
@@ -418,14 +436,21 @@ class MCPredictor:
         except Exception as exc:
             plan.split = None
             plan.split_reason = f"split forward failed ({type(exc).__name__}: {exc})"
-            log.warning("mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason)
+            log.warning(
+                "mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason
+            )
             return
         ya, yb = _split_output(a)[0].float(), _split_output(b)[0].float()
-        scale = float(ya.abs().max()) + 1e-6
-        if ya.shape != yb.shape or not torch.allclose(ya, yb, rtol=1e-4, atol=1e-5 * scale):
+        scale = float(torch.nan_to_num(ya, 0.0, 0.0, 0.0).abs().max()) + 1e-6
+        same = ya.shape == yb.shape and torch.allclose(
+            ya, yb, rtol=1e-4, atol=1e-5 * scale, equal_nan=True
+        )
+        if not same:
             plan.split = None
             plan.split_reason = "split output differs from replication"
-            log.warning("mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason)
+            log.warning(
+                "mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason
+            )
         else:
             plan.split_reason = f"split ({result.strategy})"
 
@@ -485,12 +510,18 @@ class MCPredictor:
                 [c // len(k) for c, (_, k, _) in zip(counts, segs) for _ in range(len(k))],
                 device=self.device,
             )
-            row_unit = torch.repeat_interleave(torch.arange(len(keys), device=self.device), per_unit)
-            ctx = layers.SamplingContext(mode="keyed", keys=keys, row_unit=row_unit, layouts=plan.layouts)
+            row_unit = torch.repeat_interleave(
+                torch.arange(len(keys), device=self.device), per_unit
+            )
+            ctx = layers.SamplingContext(
+                mode="keyed", keys=keys, row_unit=row_unit, layouts=plan.layouts
+            )
             args = []
             for j in range(len(inputs[0])):
                 vs = [inp[j] for inp in inputs]
-                args.append(torch.cat(vs) if isinstance(vs[0], torch.Tensor) and vs[0].dim() > 0 else vs[0])
+                args.append(
+                    torch.cat(vs) if isinstance(vs[0], torch.Tensor) and vs[0].dim() > 0 else vs[0]
+                )
         fn = plan.split.suffix if plan.split is not None else self.model
         self.last_chunk_rows.append(sum(counts))
         with torch.inference_mode(), layers.sampling(ctx), self._autocast():
@@ -505,22 +536,29 @@ class MCPredictor:
         b = len(g.x) if rows is None else len(rows)
         main = main.float().reshape(u, b, *main.shape[1:])  # (U, b, *O)
         if not bool(torch.isfinite(main).all()):
-            bad = torch.nonzero(~torch.isfinite(main.reshape(u, b, -1)).all(dim=2).all(dim=0)).flatten()
+            bad = torch.nonzero(
+                ~torch.isfinite(main.reshape(u, b, -1)).all(dim=2).all(dim=0)
+            ).flatten()
             rows_bad = bad if rows is None else rows[bad]
-            raise ModelOutputError(f"the model returned NaN or Inf for rows {rows_bad.tolist()[:10]}")
+            raise ModelOutputError(
+                f"the model returned NaN or Inf for rows {rows_bad.tolist()[:10]}"
+            )
         if keep:
             g.draws.append(main.cpu())
         if self.task == "classification":
             if main.dim() != 3:
                 raise ModelOutputError(
-                    f"a classifier must return logits shaped (batch, classes); got {tuple(main.shape[1:])}"
+                    "a classifier must return logits shaped (batch, classes); "
+                    f"got per-row shape {tuple(main.shape[2:])}"
                 )
             g.acc.update(torch.softmax(main.double(), dim=-1), rows)
         else:
             g.acc.update(main, rows)
             if logvar is not None:
                 assert g.hetero_acc is not None
-                g.hetero_acc.update(torch.exp(logvar.double().reshape(u, b, *logvar.shape[1:])), rows)
+                g.hetero_acc.update(
+                    torch.exp(logvar.double().reshape(u, b, *logvar.shape[1:])), rows
+                )
 
     def _run(self, groups: list[_Group], keep: bool) -> None:
         self.last_chunk_rows = []
@@ -625,7 +663,9 @@ class MCPredictor:
                 per_row[active.cpu()] = target
                 done = target
                 moments = g.acc.moments if self.task == "classification" else g.acc
-                se = torch.sqrt(moments.variance() / moments.count.view(-1, *([1] * (moments.mean.dim() - 1))))
+                se = torch.sqrt(
+                    moments.variance() / moments.count.view(-1, *([1] * (moments.mean.dim() - 1)))
+                )
                 ok = (se <= rtol * moments.mean.abs() + atol).reshape(len(x), -1).all(dim=1)
                 active = torch.nonzero(~ok).flatten()
                 if len(active) == 0 or done >= cap:
@@ -648,7 +688,9 @@ class MCPredictor:
             sizes = []
             for k, rec in enumerate(plan.sites):
                 d, m = plan.layouts.get(k, (0, rec.shape[0] // 2))
-                per = math.prod(rec.shape) // 2 if rec.kind in ("element", "alpha") else rec.shape[1]
+                per = (
+                    math.prod(rec.shape) // 2 if rec.kind in ("element", "alpha") else rec.shape[1]
+                )
                 sizes.append(per if rec.p > 0 else 0)
             n = sum(sizes)
             if n > _MAX_EXACT_UNITS:
@@ -659,7 +701,9 @@ class MCPredictor:
             offsets = [sum(sizes[:k]) for k in range(len(sizes))]
             total = 2**n
             ids = torch.arange(total, device=self.device)
-            bits = ((ids.unsqueeze(1) >> torch.arange(max(n, 1), device=self.device)) & 1).bool()  # (2^n, n) True = dropped
+            bits = (
+                (ids.unsqueeze(1) >> torch.arange(max(n, 1), device=self.device)) & 1
+            ).bool()  # (2^n, n) True = dropped
 
             def mask_fn(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tensor:
                 o = offsets[site]
@@ -670,7 +714,11 @@ class MCPredictor:
                 if sizes[k] == 0:
                     continue
                 dropped = bits[:, offsets[k] : offsets[k] + sizes[k]].sum(dim=1).double()
-                logw += dropped * math.log(rec.p) + (sizes[k] - dropped) * math.log1p(-rec.p) if rec.p < 1 else 0
+                logw += (
+                    dropped * math.log(rec.p) + (sizes[k] - dropped) * math.log1p(-rec.p)
+                    if rec.p < 1
+                    else 0
+                )
             w = torch.exp(logw)  # (2^n,)
             b = len(x)
             ctx = layers.SamplingContext(
@@ -693,24 +741,44 @@ class MCPredictor:
             votes = torch.zeros_like(mean)
             votes.scatter_add_(-1, p.argmax(-1).T, w.view(-1, 1).expand(total, b).T.contiguous())
             return Prediction(
-                task=self.task, mean=mean, variance=var, std=var.sqrt(), stderr=torch.zeros_like(var),
-                samples=total, samples_per_row=torch.full((b,), total), seed=0, probs=mean,
-                predictive_entropy=pe, expected_entropy=ee, mutual_information=(pe - ee).clamp_min(0),
-                variation_ratio=1 - votes.max(-1).values, exact=True,
-            )  # fmt: skip
+                task=self.task,
+                mean=mean,
+                variance=var,
+                std=var.sqrt(),
+                stderr=torch.zeros_like(var),
+                samples=total,
+                samples_per_row=torch.full((b,), total),
+                seed=0,
+                probs=mean,
+                predictive_entropy=pe,
+                expected_entropy=ee,
+                mutual_information=(pe - ee).clamp_min(0),
+                variation_ratio=1 - votes.max(-1).values,
+                exact=True,
+            )
         mean = (wv * main).sum(0)
         epi = (wv * (main - mean) ** 2).sum(0)
         alea = torch.zeros_like(epi)
         if logvar is not None:
-            alea = alea + (wv * torch.exp(logvar.double().reshape(total, b, *logvar.shape[1:]))).sum(0)
+            alea = alea + (
+                wv * torch.exp(logvar.double().reshape(total, b, *logvar.shape[1:]))
+            ).sum(0)
         if self.tau is not None:
             alea = alea + 1.0 / self.tau
         var = epi + alea
         return Prediction(
-            task=self.task, mean=mean, variance=var, std=var.sqrt(), stderr=torch.zeros_like(var),
-            samples=total, samples_per_row=torch.full((b,), total), seed=0,
-            epistemic_variance=epi, aleatoric_variance=alea, exact=True,
-        )  # fmt: skip
+            task=self.task,
+            mean=mean,
+            variance=var,
+            std=var.sqrt(),
+            stderr=torch.zeros_like(var),
+            samples=total,
+            samples_per_row=torch.full((b,), total),
+            seed=0,
+            epistemic_variance=epi,
+            aleatoric_variance=alea,
+            exact=True,
+        )
 
     # ------------------------------------------------------------------ summaries
 
@@ -723,10 +791,17 @@ class MCPredictor:
             var = g.acc.moments.variance()
             count = g.acc.moments.count
             return Prediction(
-                task=self.task, mean=summ["probs"], variance=var, std=var.sqrt(),
-                stderr=torch.sqrt(var / count.view(-1, 1)), samples=g.samples,
-                samples_per_row=per_row, seed=g.seed, draws=draws, **summ,
-            )  # fmt: skip
+                task=self.task,
+                mean=summ["probs"],
+                variance=var,
+                std=var.sqrt(),
+                stderr=torch.sqrt(var / count.view(-1, 1)),
+                samples=g.samples,
+                samples_per_row=per_row,
+                seed=g.seed,
+                draws=draws,
+                **summ,
+            )
         m: Moments = g.acc
         epi = m.variance()
         alea = torch.zeros_like(epi)
@@ -738,10 +813,18 @@ class MCPredictor:
         assert m.count is not None and m.mean is not None
         c = m.count.view(-1, *([1] * (epi.dim() - 1)))
         return Prediction(
-            task=self.task, mean=m.mean, variance=var, std=var.sqrt(), stderr=torch.sqrt(epi / c),
-            samples=g.samples, samples_per_row=per_row, seed=g.seed,
-            epistemic_variance=epi, aleatoric_variance=alea, draws=draws,
-        )  # fmt: skip
+            task=self.task,
+            mean=m.mean,
+            variance=var,
+            std=var.sqrt(),
+            stderr=torch.sqrt(epi / c),
+            samples=g.samples,
+            samples_per_row=per_row,
+            seed=g.seed,
+            epistemic_variance=epi,
+            aleatoric_variance=alea,
+            draws=draws,
+        )
 
     def describe(self, x: Any) -> dict[str, Any]:
         """How the engine runs inputs shaped like ``x``: sites, split strategy, chunk rows."""

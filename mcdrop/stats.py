@@ -80,7 +80,11 @@ class ClassStats:
         self.moments.update(p, rows)
         ent = entropy(p).sum(dim=0)  # (b,)
         votes = torch.zeros(p.shape[1:], dtype=torch.float64, device=p.device)
-        votes.scatter_add_(-1, p.argmax(dim=-1).T, torch.ones(p.shape[1], p.shape[0], dtype=torch.float64, device=p.device))  # fmt: skip
+        votes.scatter_add_(
+            -1,
+            p.argmax(dim=-1).T,
+            torch.ones(p.shape[1], p.shape[0], dtype=torch.float64, device=p.device),
+        )
         if self.entropy_sum is None:
             self.entropy_sum, self.votes = ent, votes
             return

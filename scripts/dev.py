@@ -39,10 +39,20 @@ def ensure_env() -> None:
         return
     print("[dev] installing mcdrop and its dependencies (first run takes a while)", flush=True)
     subprocess.run(
-        [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-         "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[dev]"],
+        [
+            str(PY),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-c",
+            str(ROOT / "constraints.txt"),
+            "-e",
+            f"{ROOT}[dev]",
+        ],
         check=True,
-    )  # fmt: skip
+    )
     STAMP.write_text(_fingerprint())
 
 

@@ -1,0 +1,47 @@
+"""The counter-based mask generator: exact against a pure-Python reference, right rates."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mcdrop._keyed import hash32, hash32_py, keep_mask, unit_keys
+
+
+def test_hash_matches_python_reference() -> None:
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 0xDEADBEEF, 987654321]
+    got = hash32(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert got == [hash32_py(v) for v in values]
+    assert all(0 <= g < 2**32 for g in got)
+
+
+def test_keep_rate_matches_p_within_binomial_tolerance() -> None:
+    keys = unit_keys(7, torch.arange(200))
+    for p in (0.05, 0.3, 0.5, 0.9):
+        m = keep_mask(keys, site=3, numel=500, p=p)
+        n = m.numel()
+        rate = m.double().mean().item()
+        sd = math.sqrt(p * (1 - p) / n)
+        assert abs(rate - (1 - p)) < 5 * sd, (p, rate)
+
+
+def test_masks_differ_across_units_sites_and_are_pure() -> None:
+    keys = unit_keys(1, torch.arange(4))
+    a = keep_mask(keys, 0, 256, 0.5)
+    assert torch.equal(a, keep_mask(keys, 0, 256, 0.5))  # pure function of its inputs
+    assert not torch.equal(a, keep_mask(keys, 1, 256, 0.5))  # site matters
+    assert not torch.equal(a[0], a[1])  # sample matters
+    other = keep_mask(unit_keys(2, torch.arange(4)), 0, 256, 0.5)
+    assert not torch.equal(a, other)  # seed matters
+    # a unit's mask does not depend on which other units are generated with it
+    assert torch.equal(keep_mask(keys[2:3], 0, 256, 0.5)[0], a[2])
+
+
+def test_bits_are_pairwise_uncorrelated() -> None:
+    keys = unit_keys(3, torch.arange(4000))
+    m = keep_mask(keys, 0, 8, 0.5).double()  # (4000, 8)
+    c = torch.corrcoef(m.T)
+    off = c[~torch.eye(8, dtype=torch.bool)]
+    # correlation of independent bits has sd ~ 1/sqrt(n)
+    assert off.abs().max().item() < 5 / math.sqrt(4000)
