@@ -179,20 +179,27 @@ def _keyed_dropout(
         numel = xr.shape[1]
     assert ctx.keys is not None
     keep_u = (ctx.mask_fn or keep_mask)(ctx.keys, site, numel, p)  # (U, F)
-    if ctx.row_unit is not None:
-        keep = keep_u[ctx.row_unit]  # (N, F)
-    else:
-        r = ctx.rows_per_unit
-        assert r is not None
-        keep = keep_u.unsqueeze(1).expand(len(ctx.keys), r, numel).reshape(n, numel)
-    mask = keep.to(x.dtype)
+    alpha = kind in ("alpha", "feature_alpha")
+    # Scale the (U, F) masks once; rows then share them by broadcasting (regular layout)
+    # or by one gather (mixed requests), so the (N, F) work is a single multiply.
+    mask_u = keep_u.to(x.dtype)
+    if not alpha:
+        mask_u = mask_u * (1.0 / (1.0 - p))
     if channelwise:
-        mask = mask.unsqueeze(-1)  # (N, C, 1)
-    if kind in ("alpha", "feature_alpha"):
-        a = 1.0 / math.sqrt((_SELU_ALPHA * _SELU_ALPHA * p + 1.0) * (1.0 - p))
-        out = a * (xr * mask + _SELU_ALPHA * (mask - 1.0 + p))
+        mask_u = mask_u.unsqueeze(-1)  # (U, C, 1)
+    if ctx.row_unit is not None:
+        mask = mask_u[ctx.row_unit]  # (N, F) or (N, C, 1)
+        xv = xr
     else:
-        out = xr * (mask * (1.0 / (1.0 - p)))
+        u, r = len(ctx.keys), ctx.rows_per_unit
+        assert r is not None
+        mask = mask_u.unsqueeze(1)  # (U, 1, F) or (U, 1, C, 1)
+        xv = xr.reshape(u, r, *xr.shape[1:])  # (U, R, F) or (U, R, C, spatial)
+    if alpha:
+        a = 1.0 / math.sqrt((_SELU_ALPHA * _SELU_ALPHA * p + 1.0) * (1.0 - p))
+        out = a * (xv * mask + _SELU_ALPHA * (mask - 1.0 + p))
+    else:
+        out = xv * mask
     out = out.reshape(moved_shape)
     return out.movedim(0, d) if d != 0 else out
 

@@ -349,3 +349,30 @@ def test_non_finite_model_output_names_rows() -> None:
 
     with pytest.raises(ModelOutputError, match=r"\[1\]"):
         MCPredictor(Bad(), samples=5).predict(torch.tensor([[1.0], [-1.0]]), seed=0)
+
+
+def test_keyed_alpha_dropout_moments() -> None:
+    from mcdrop import MCAlphaDropout
+
+    p, s = 0.2, 20000
+    alpha = -1.7580993408473766
+    a = ((1 - p) * (1 + p * alpha**2)) ** -0.5
+    x = torch.tensor([[0.5, -1.0, 2.0]])
+    out = MCPredictor(nn.Sequential(MCAlphaDropout(p)), samples=s, max_samples=s).predict(x, seed=1)
+    # out = a ((x + alpha) m + alpha (p - 1)) with m ~ Bernoulli(1 - p)
+    mean = a * (1 - p) * x.double()
+    var = a**2 * (x.double() + alpha) ** 2 * p * (1 - p)
+    assert ((out.mean - mean).abs() <= 5 * torch.sqrt(var / s)).all()
+    assert torch.allclose(out.variance, var, rtol=0.05)
+
+
+def test_keyed_channel_dropout_drops_whole_channels() -> None:
+    from mcdrop import MCDropout2d
+
+    x = torch.ones(2, 3, 2, 2)
+    out = MCPredictor(nn.Sequential(MCDropout2d(0.5)), samples=50).predict(
+        x, seed=2, return_samples=True
+    )
+    d = out.draws.flatten(3)  # (S, B, C, H*W)
+    assert ((d == 0).all(-1) | (d == 2.0).all(-1)).all()
+    assert 0.3 < (d[..., 0] == 0).double().mean().item() < 0.7
