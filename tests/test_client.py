@@ -1,0 +1,528 @@
+"""mcdrop.client against scripted servers (httpx.MockTransport): encoding, decoding, the
+error tree and the retry policy. The end-to-end tests against the real app live in
+tests/test_client_service.py."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from mcdrop.client import (
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    ClientError,
+    ConnectionFailedError,
+    GatewayTimeoutError,
+    HTTPStatusError,
+    InputError,
+    NotFoundError,
+    ProtocolError,
+    RequestTimeoutError,
+    ServerBusyError,
+    ServerError,
+)
+from mcdrop.errors import InvalidInputError, McdropError
+
+URL = "http://mcdrop.test"
+
+REGRESSION = {
+    "model": "toy1d",
+    "samples": 50,
+    "seed": 7,
+    "mean": [[0.5], [1.5]],
+    "variance": [[0.04], [0.09]],
+    "std": [[0.2], [0.3]],
+    "stderr": [[0.02], [0.03]],
+    "epistemic_variance": [[0.04], [0.09]],
+    "aleatoric_variance": [[0.0], [0.0]],
+}
+CLASSIFICATION = {
+    "model": "digits",
+    "samples": 20,
+    "seed": 3,
+    "mean": [[0.7, 0.3], [0.4, 0.6]],
+    "variance": [[0.01, 0.01], [0.02, 0.02]],
+    "std": [[0.1, 0.1], [0.14, 0.14]],
+    "stderr": [[0.02, 0.02], [0.03, 0.03]],
+    "probs": [[0.7, 0.3], [0.4, 0.6]],
+    "predictive_entropy": [0.61, 0.67],
+    "expected_entropy": [0.5, 0.6],
+    "mutual_information": [0.11, 0.07],
+    "variation_ratio": [0.1, 0.25],
+    "extra_field": "kept in raw",
+}
+MODEL = {
+    "name": "toy1d",
+    "version": "1",
+    "task": "regression",
+    "input_shape": [1],
+    "input_dtype": "float32",
+    "output_shape": [1],
+    "default_samples": 100,
+    "max_samples": 1000,
+    "max_batch_rows": 256,
+    "ready": True,
+}
+
+
+class Recorder:
+    """A MockTransport handler that answers from a script and records each request."""
+
+    def __init__(self, *answers: httpx.Response | Exception | Callable) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer) and not isinstance(answer, httpx.Response):
+            return answer(request)
+        return answer
+
+    @property
+    def bodies(self) -> list[dict]:
+        return [json.loads(r.content) for r in self.requests]
+
+
+def client_for(rec: Recorder, **kw) -> Client:
+    kw.setdefault("backoff", 0.001)
+    return Client(URL, transport=httpx.MockTransport(rec), **kw)
+
+
+def ok(payload: object, status: int = 200, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json=payload, headers=headers)
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+def test_predict_sends_json_and_decodes_numpy():
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec, api_key="s3cret") as c:
+        res = c.predict("toy1d", np.array([[0.1], [0.2]], dtype=np.float32), samples=50, seed=7)
+    req = rec.requests[0]
+    assert req.method == "POST" and req.url.path == "/v1/models/toy1d/predict"
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["authorization"] == "Bearer s3cret"
+    assert rec.bodies[0] == {"inputs": [[pytest.approx(0.1)], [pytest.approx(0.2)]], "samples": 50, "seed": 7}
+    assert res.model == "toy1d" and res.samples == 50 and res.seed == 7
+    assert res.task == "regression" and res.probs is None and res.predicted_class is None
+    for name in ("mean", "variance", "std", "stderr", "epistemic_variance"):
+        arr = getattr(res, name)
+        assert isinstance(arr, np.ndarray) and arr.dtype == np.float64 and arr.shape == (2, 1)
+    np.testing.assert_allclose(res.std, [[0.2], [0.3]])
+    assert res.raw == REGRESSION
+
+
+def test_predict_omits_unset_options_and_sends_no_auth_by_default():
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("toy1d", [[1], [2]])
+    assert rec.bodies[0] == {"inputs": [[1.0], [2.0]]}
+    assert "authorization" not in rec.requests[0].headers
+
+
+def test_predict_classification_fields():
+    rec = Recorder(ok(CLASSIFICATION))
+    with client_for(rec) as c:
+        res = c.predict("digits", [[0.0, 1.0], [1.0, 0.0]], seed=3)
+    assert res.task == "classification"
+    assert res.probs.shape == (2, 2) and res.mutual_information.shape == (2,)
+    np.testing.assert_array_equal(res.predicted_class, [0, 1])
+    assert res.variation_ratio is not None and res.expected_entropy is not None
+    assert res.raw["extra_field"] == "kept in raw"
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        [[1, 2, 3], [4, 5, 6]],
+        np.arange(6, dtype=np.int16).reshape(2, 3),
+        np.arange(6, dtype=np.uint8).reshape(2, 3),
+        np.arange(6, dtype=np.float16).reshape(2, 3),
+        np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3)),
+    ],
+    ids=["list", "int16", "uint8", "float16", "fortran"],
+)
+def test_inputs_of_any_numeric_kind(inputs):
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("m", inputs)
+    sent = np.asarray(rec.bodies[0]["inputs"])
+    np.testing.assert_array_equal(sent, np.asarray(inputs, dtype=np.float64))
+
+
+def test_torch_tensor_inputs_by_duck_typing():
+    torch = pytest.importorskip("torch")
+    x = torch.arange(6, dtype=torch.float32, requires_grad=True).reshape(2, 3)
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("m", x * 2)
+    assert rec.bodies[0]["inputs"] == [[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]
+
+
+def test_model_names_are_quoted_in_the_path():
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("a/b c", [[1.0]])
+    assert rec.requests[0].url.raw_path == b"/v1/models/a%2Fb%20c/predict"
+
+
+def test_models_and_model():
+    rec = Recorder(ok({"models": [MODEL], "failures": {"broken": "no weights"}}), ok(MODEL))
+    with client_for(rec) as c:
+        models = c.models()
+        one = c.model("toy1d")
+    assert [m.name for m in models] == ["toy1d"] and models[0].input_shape == [1]
+    assert one.task == "regression" and one.max_samples == 1000
+    assert [r.url.path for r in rec.requests] == ["/v1/models", "/v1/models/toy1d"]
+
+
+def test_url_without_scheme_and_trailing_slash():
+    rec = Recorder(ok({"status": "live"}))
+    with Client("mcdrop.test/", transport=httpx.MockTransport(rec)) as c:
+        assert c.live()
+    assert str(rec.requests[0].url) == "http://mcdrop.test/health/live"
+
+
+# ----------------------------------------------------------------------------- local checks
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_rows_are_named_and_nothing_is_sent(bad):
+    rec = Recorder(ok(REGRESSION))
+    x = np.zeros((30, 2))
+    x[[3, 17], 1] = bad
+    with client_for(rec) as c, pytest.raises(InputError, match=r"row\(s\) 3, 17$") as info:
+        c.predict("m", x)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, InvalidInputError)
+    assert not rec.requests
+
+
+def test_many_non_finite_rows_are_summarised():
+    x = np.full((25, 1), np.nan)
+    with client_for(Recorder(ok(REGRESSION))) as c, pytest.raises(InputError, match="and 15 more"):
+        c.predict("m", x)
+
+
+@pytest.mark.parametrize(
+    "inputs, match",
+    [
+        ([[1.0, 2.0], [3.0]], "rectangular|equal length"),
+        ([["a", "b"]], "numbers"),
+        ([[True, False]], "numbers"),
+        ([], "empty"),
+        (3.0, "single number"),
+        ([[1 + 2j]], "numbers"),
+    ],
+)
+def test_malformed_inputs(inputs, match):
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c, pytest.raises(InputError, match=match):
+        c.predict("m", inputs)
+    assert not rec.requests
+
+
+@pytest.mark.parametrize(
+    "kw", [{"seed": -1}, {"seed": 2**63}, {"seed": 1.5}, {"seed": True}, {"samples": 0}]
+)
+def test_bad_seed_or_samples_rejected_locally(kw):
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c, pytest.raises(InputError):
+        c.predict("m", [[1.0]], **kw)
+    assert not rec.requests
+
+
+def test_numpy_integer_seed_is_accepted():
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("m", [[1.0]], seed=np.int64(5), samples=np.int32(10))
+    assert rec.bodies[0]["seed"] == 5 and rec.bodies[0]["samples"] == 10
+
+
+def test_return_samples_is_refused_clearly_while_the_api_lacks_it():
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c, pytest.raises(InputError, match="raw Monte Carlo draws"):
+        c.predict("m", [[1.0]], return_samples=True)
+    assert not rec.requests
+
+
+# ----------------------------------------------------------------------------- error mapping
+
+
+@pytest.mark.parametrize(
+    "status, cls",
+    [
+        (400, BadRequestError),
+        (413, BadRequestError),
+        (415, BadRequestError),
+        (422, BadRequestError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (409, HTTPStatusError),
+        (500, ServerError),
+        (502, ServerError),
+        (504, GatewayTimeoutError),
+    ],
+)
+def test_status_codes_map_to_the_error_tree(status, cls):
+    rec = Recorder(ok({"error": "something specific", "field": "inputs"}, status))
+    with client_for(rec) as c, pytest.raises(cls) as info:
+        c.predict("m", [[1.0]])
+    err = info.value
+    assert type(err) is cls
+    assert isinstance(err, HTTPStatusError) and isinstance(err, ClientError)
+    assert isinstance(err, McdropError)
+    assert err.status_code == status and err.message == "something specific"
+    assert err.body == {"error": "something specific", "field": "inputs"}
+    assert str(err) == f"HTTP {status}: something specific"
+    assert len(rec.requests) == 1  # none of these is retried
+
+
+def test_504_is_also_a_timeout_and_bad_request_a_value_error():
+    assert issubclass(GatewayTimeoutError, RequestTimeoutError)
+    assert issubclass(GatewayTimeoutError, TimeoutError)
+    assert issubclass(BadRequestError, ValueError)
+
+
+def test_error_without_json_body_uses_text():
+    rec = Recorder(httpx.Response(502, text="bad gateway from the proxy"))
+    with client_for(rec) as c, pytest.raises(ServerError, match="bad gateway from the proxy"):
+        c.models()
+
+
+def test_fastapi_style_detail_is_used_when_there_is_no_error_key():
+    rec = Recorder(ok({"detail": "Not Found"}, 404))
+    with client_for(rec) as c, pytest.raises(NotFoundError, match="Not Found"):
+        c.model("x")
+
+
+def test_success_that_is_not_json_is_a_protocol_error():
+    rec = Recorder(httpx.Response(200, text="<html>hello</html>"))
+    with client_for(rec) as c, pytest.raises(ProtocolError, match="expected JSON"):
+        c.predict("m", [[1.0]])
+
+
+def test_answer_missing_fields_is_a_protocol_error():
+    rec = Recorder(ok({"model": "m", "mean": [1.0]}))
+    with client_for(rec) as c, pytest.raises(ProtocolError, match="v1 schema"):
+        c.predict("m", [[1.0]])
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+def test_503_is_retried_then_succeeds():
+    rec = Recorder(
+        ok({"error": "queue full"}, 503, **{"Retry-After": "0"}),
+        ok({"error": "queue full"}, 503),
+        ok(REGRESSION),
+    )
+    with client_for(rec, retries=3) as c:
+        res = c.predict("m", [[1.0]], seed=7)
+    assert res.seed == 7 and len(rec.requests) == 3
+    assert rec.bodies[0] == rec.bodies[2]
+
+
+def test_503_after_all_retries_raises_server_busy_with_retry_after():
+    rec = Recorder(ok({"error": "queue full"}, 503, **{"Retry-After": "0"}))
+    with client_for(rec, retries=2) as c, pytest.raises(ServerBusyError) as info:
+        c.predict("m", [[1.0]])
+    assert len(rec.requests) == 3
+    assert info.value.status_code == 503 and info.value.retry_after == 0.0
+    assert info.value.message == "queue full"
+
+
+def test_429_is_retried_like_503():
+    rec = Recorder(ok({"error": "slow down"}, 429), ok(MODEL))
+    with client_for(rec) as c:
+        assert c.model("toy1d").name == "toy1d"
+    assert len(rec.requests) == 2
+
+
+def test_retry_after_is_capped_by_max_backoff():
+    rec = Recorder(ok({"error": "busy"}, 503, **{"Retry-After": "3600"}), ok(MODEL))
+    t0 = time.monotonic()
+    with client_for(rec, max_backoff=0.05) as c:
+        c.model("toy1d")
+    assert time.monotonic() - t0 < 2.0 and len(rec.requests) == 2
+
+
+def test_retry_after_http_date_is_understood():
+    from mcdrop._client_core import parse_retry_after
+
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert parse_retry_after("2.5") == 2.5
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_backoff_doubles_and_is_capped():
+    c = Client(URL, backoff=0.5, max_backoff=3.0)
+    assert [c._delay(n, None) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert c._delay(0, 10.0) == 3.0 and c._delay(0, 0.2) == 0.2
+    c.close()
+
+
+def test_connection_errors_are_retried_for_predict_and_gets():
+    rec = Recorder(httpx.ConnectError("refused"), httpx.ReadError("reset"), ok(REGRESSION))
+    with client_for(rec) as c:
+        assert c.predict("m", [[1.0]]).model == "toy1d"
+    assert len(rec.requests) == 3
+
+
+def test_connection_failure_after_retries():
+    rec = Recorder(httpx.ConnectError("refused"))
+    with client_for(rec, retries=2) as c, pytest.raises(ConnectionFailedError, match="cannot reach"):
+        c.models()
+    assert len(rec.requests) == 3
+
+
+def test_read_timeout_is_not_retried():
+    rec = Recorder(httpx.ReadTimeout("slow"), ok(REGRESSION))
+    with client_for(rec) as c, pytest.raises(RequestTimeoutError) as info:
+        c.predict("m", [[1.0]])
+    assert len(rec.requests) == 1 and isinstance(info.value, TimeoutError)
+
+
+def test_connect_timeout_is_retried_and_reported_as_connection_failure():
+    rec = Recorder(httpx.ConnectTimeout("no route"))
+    with client_for(rec, retries=1) as c, pytest.raises(ConnectionFailedError, match="timed out"):
+        c.models()
+    assert len(rec.requests) == 2
+
+
+def test_retries_zero_means_one_attempt():
+    rec = Recorder(ok({"error": "busy"}, 503))
+    with client_for(rec, retries=0) as c, pytest.raises(ServerBusyError):
+        c.models()
+    assert len(rec.requests) == 1
+
+
+def test_real_client_timeout_on_loopback():
+    # A socket that accepts but never answers: the client's own read timeout fires.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        with Client(f"http://127.0.0.1:{port}", timeout=0.2, retries=0) as c:
+            t0 = time.monotonic()
+            with pytest.raises(RequestTimeoutError):
+                c.models()
+            assert time.monotonic() - t0 < 3.0
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_probes_are_false_when_the_server_is_down():
+    with Client(f"http://127.0.0.1:{_closed_port()}", timeout=1.0, backoff=0.001) as c:
+        t0 = time.monotonic()
+        assert c.ready() is False and c.live() is False
+        assert time.monotonic() - t0 < 2.0  # probes do not retry
+        with pytest.raises(ConnectionFailedError):
+            c.models()
+
+
+def test_ready_reads_the_status_code():
+    rec = Recorder(
+        ok({"status": "not ready", "models": []}, 503, **{"Retry-After": "1"}),
+        ok({"status": "ready", "models": ["m"]}),
+    )
+    with client_for(rec) as c:
+        assert c.ready() is False
+        assert c.ready() is True
+    assert len(rec.requests) == 2
+
+
+def test_ready_raises_on_misconfiguration():
+    rec = Recorder(ok({"detail": "Not Found"}, 404))
+    with client_for(rec) as c, pytest.raises(NotFoundError):
+        c.ready()
+
+
+def test_wait_ready_gives_up_after_its_timeout():
+    rec = Recorder(ok({"status": "not ready", "models": []}, 503))
+    with client_for(rec) as c, pytest.raises(RequestTimeoutError, match="not ready within"):
+        c.wait_ready(timeout=0.1, interval=0.02)
+    assert 2 <= len(rec.requests) <= 20
+
+
+# ----------------------------------------------------------------------------- async
+
+
+def test_async_client_same_behaviour():
+    rec = Recorder(
+        ok({"error": "busy"}, 503, **{"Retry-After": "0"}),
+        ok(CLASSIFICATION),
+        ok({"models": [MODEL]}),
+        ok({"status": "ready", "models": ["m"]}),
+        ok({"error": "no model 'x'"}, 404),
+    )
+
+    async def main() -> None:
+        async with AsyncClient(URL, api_key="k", transport=httpx.MockTransport(rec), backoff=0.001) as c:
+            res = await c.predict("digits", np.ones((2, 2)), samples=20, seed=3)
+            assert res.task == "classification" and res.probs.shape == (2, 2)
+            assert [m.name for m in await c.models()] == ["toy1d"]
+            assert await c.ready() is True
+            with pytest.raises(NotFoundError, match="no model 'x'"):
+                await c.model("x")
+            with pytest.raises(InputError):
+                await c.predict("digits", [[np.nan, 1.0]])
+
+    asyncio.run(main())
+    assert len(rec.requests) == 5
+    assert all(r.headers["authorization"] == "Bearer k" for r in rec.requests)
+
+
+def test_async_connection_refused():
+    async def main() -> None:
+        async with AsyncClient(f"http://127.0.0.1:{_closed_port()}", retries=1, backoff=0.001) as c:
+            assert await c.live() is False
+            with pytest.raises(ConnectionFailedError):
+                await c.predict("m", [[1.0]])
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- hygiene
+
+
+def test_client_modules_import_no_torch_and_no_service():
+    """The client may import httpx, numpy, pydantic, the stdlib and mcdrop.{schemas,errors}."""
+    allowed_mcdrop = {"mcdrop.schemas", "mcdrop.errors", "mcdrop._client_core"}
+    root = Path(__file__).resolve().parent.parent / "mcdrop"
+    for name in ("client.py", "_client_core.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""]
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                assert top not in ("torch", "service", "fastapi", "starlette"), (name, mod)
+                if top == "mcdrop":
+                    assert mod in allowed_mcdrop, (name, mod)
