@@ -1,0 +1,111 @@
+"""The app factory: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+import mcdrop
+from mcdrop.errors import McdropError
+from service import routes_v1, routes_v2
+from service.errors import ServiceError, Unprocessable, error_response, from_http_status
+from service.metrics import ServiceMetrics
+from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
+from service.runtime import DataPlane, describe_error
+from service.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("mcdrop.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI app.
+
+    Models load (and warm up) in the lifespan startup, off the event loop; the server
+    reports ready only after. On shutdown each model's batcher finishes its queue
+    (bounded by ``settings.drain_seconds``).
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Default: :meth:`Settings.from_env`.
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    metrics = ServiceMetrics()
+    plane = DataPlane(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(plane.load)
+        log.info(
+            "mcdrop ready: %d model(s) from %s, %d failed",
+            len(plane.models), settings.models_dir, len(plane.failures),
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(plane.stop, settings.drain_seconds)
+
+    app = FastAPI(
+        title="mcdrop",
+        version=mcdrop.__version__,
+        description="Monte Carlo dropout uncertainty over HTTP (v1 JSON API and the "
+        "Open Inference Protocol v2).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.plane = plane
+    app.state.metrics = metrics
+    app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
+    _install_error_handlers(app)
+    # Added innermost first: the access log sees every response, the 413s included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error becomes ``{"error": ...}``; no traceback or input value is echoed."""
+
+    async def on_service(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            msg = f"no route {request.method} {request.url.path}; see /docs for the API"
+        elif exc.status_code == 405:
+            msg = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            msg = str(exc.detail)
+        return error_response(from_http_status(exc.status_code, msg))
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors: list[Any] = list(exc.errors())
+        first = describe_error(errors[0], None) if errors else "invalid request"
+        return error_response(Unprocessable(first))
+
+    app.add_exception_handler(ServiceError, on_service)
+    app.add_exception_handler(McdropError, on_service)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_service)

@@ -1,0 +1,275 @@
+"""Dynamic batching: one bounded queue and one worker thread per model.
+
+The event loop only enqueues and awaits; torch runs in the worker thread::
+
+    request --submit()--> deque (bounded) --worker thread--> predict_many(batch)
+       ^                                                          |
+       +------ future resolved via loop.call_soon_threadsafe -----+
+
+The worker takes the first waiting request, then keeps taking requests until the batch
+holds ``max_batch_rows`` rows or ``max_delay_s`` has passed since it took the first, and
+runs the whole batch in one engine call. The engine gives every request the masks it would
+get alone, so a seeded answer does not depend on what it was batched with.
+
+A full queue answers :class:`~service.errors.QueueFull` at once (503 + Retry-After). A
+request that times out is removed from the queue if it has not started; if it has, its
+result is dropped. When a batch fails, each of its requests is re-run alone so that one bad
+request cannot fail the others; the worker survives any exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from mcdrop.predictor import MCRequest, Prediction
+from service.errors import ModelNotReady, QueueFull, RequestTimeout
+from service.metrics import ServiceMetrics
+
+__all__ = ["Batcher"]
+
+log = logging.getLogger("mcdrop.service")
+
+RunBatch = Callable[[Sequence[MCRequest]], list[Prediction]]
+
+
+@dataclass(eq=False)
+class _Item:
+    request: MCRequest
+    rows: int
+    future: asyncio.Future[Prediction]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+    state: str = "queued"  # queued -> running | dropped
+
+
+def _settle(
+    fut: asyncio.Future[Prediction], pred: Prediction | None, exc: BaseException | None
+) -> None:
+    """Runs on the event loop: resolve the future unless the caller gave up on it."""
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(pred)  # type: ignore[arg-type]
+
+
+class Batcher:
+    """Queue + worker thread of one model.
+
+    Parameters
+    ----------
+    name : str
+        The model name (metric label, messages, thread name).
+    run_batch : callable
+        ``run_batch(requests) -> predictions``, one per request in order; called only from
+        the worker thread (e.g. ``MCPredictor.predict_many``).
+    max_batch_rows : int
+        Most rows per engine call (a single larger request still runs, alone).
+    max_delay_s : float
+        How long to wait for more requests after taking the first of a batch.
+    max_queue_size : int
+        Most requests waiting; beyond it :meth:`submit` raises QueueFull.
+    batching : bool
+        False: every request runs alone.
+    metrics : ServiceMetrics, optional
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        *,
+        max_batch_rows: int,
+        max_delay_s: float,
+        max_queue_size: int,
+        batching: bool = True,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self.max_batch_rows = max(1, max_batch_rows)
+        self.max_delay_s = max(0.0, max_delay_s)
+        self.max_queue_size = max_queue_size
+        self.batching = batching and self.max_batch_rows > 1
+        self.metrics = metrics
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._worker, name=f"mcdrop-batcher-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Refuse new requests, let the worker finish the queued ones, join it.
+
+        Returns True when the worker finished within ``timeout`` seconds.
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not yet taken by the worker)."""
+        return len(self._queue)
+
+    # ------------------------------------------------------------------ event-loop side
+
+    async def submit(self, request: MCRequest, rows: int, timeout: float) -> Prediction:
+        """Queue one request and wait for its prediction.
+
+        Raises
+        ------
+        QueueFull
+            The queue holds ``max_queue_size`` requests.
+        ModelNotReady
+            The batcher is stopping.
+        RequestTimeout
+            No answer within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        item = _Item(request, rows, loop.create_future(), loop)
+        with self._cond:
+            if self._closed:
+                raise ModelNotReady(f"model '{self.name}' is shutting down; retry elsewhere")
+            if len(self._queue) >= self.max_queue_size:
+                self._count("rejected")
+                raise QueueFull(
+                    f"model '{self.name}' has {len(self._queue)} requests waiting (the limit); "
+                    "retry after a short wait"
+                )
+            self._queue.append(item)
+            self._set_depth()
+            self._cond.notify()
+        try:
+            return await asyncio.wait_for(item.future, timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            self._abandon(item)
+            if isinstance(exc, TimeoutError):
+                self._count("timeout")
+                raise RequestTimeout(
+                    f"model '{self.name}' did not answer within {timeout:g} s; "
+                    "retry with fewer rows or samples, or later"
+                ) from None
+            raise
+
+    def _abandon(self, item: _Item) -> None:
+        with self._cond:
+            if item.state == "queued":
+                try:
+                    self._queue.remove(item)
+                except ValueError:  # pragma: no cover - taken between checks
+                    pass
+                item.state = "dropped"
+                self._set_depth()
+
+    # ------------------------------------------------------------------ worker side
+
+    def _worker(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._process(batch)
+            except Exception as exc:  # pragma: no cover - _process catches model errors
+                log.exception("batcher %s: unexpected failure", self.name)
+                for it in batch:
+                    self._resolve(it, None, exc)
+
+    def _take(self) -> list[_Item] | None:
+        """Block for the next batch; None once stopped and drained."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            batch, rows = [first], first.rows
+            if self.batching:
+                deadline = time.monotonic() + self.max_delay_s
+                while rows < self.max_batch_rows:
+                    if self._queue:
+                        nxt = self._queue[0]
+                        if rows + nxt.rows > self.max_batch_rows:
+                            break
+                        batch.append(self._queue.popleft())
+                        rows += nxt.rows
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed:
+                        break
+                    self._cond.wait(remaining)
+            for it in batch:
+                it.state = "running"
+            self._set_depth()
+            return batch
+
+    def _process(self, batch: list[_Item]) -> None:
+        start = time.monotonic()
+        if self.metrics is not None:
+            for it in batch:
+                self.metrics.queue_time.observe(start - it.enqueued, model=self.name)
+        results: list[tuple[_Item, Prediction | None, BaseException | None]]
+        try:
+            preds = self._run_batch([it.request for it in batch])
+            results = [(it, p, None) for it, p in zip(batch, preds, strict=True)]
+        except Exception as exc:
+            if len(batch) == 1:
+                results = [(batch[0], None, exc)]
+            else:
+                # Re-run alone so that only the request at fault gets the error.
+                results = []
+                for it in batch:
+                    try:
+                        results.append((it, self._run_batch([it.request])[0], None))
+                    except Exception as one_exc:
+                        results.append((it, None, one_exc))
+        if self.metrics is not None:
+            m, label = self.metrics, self.name
+            m.compute_time.observe(time.monotonic() - start, model=label)
+            m.batch_rows.observe(sum(it.rows for it in batch), model=label)
+            m.batch_requests.observe(len(batch), model=label)
+        for it, pred, err in results:
+            if err is None and pred is not None:
+                self._count("ok")
+                if self.metrics is not None:
+                    self.metrics.mc_samples.inc(pred.samples * it.rows, model=self.name)
+            else:
+                self._count("error")
+            self._resolve(it, pred, err)
+
+    def _resolve(self, it: _Item, pred: Prediction | None, exc: BaseException | None) -> None:
+        try:
+            it.loop.call_soon_threadsafe(_settle, it.future, pred, exc)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    # ------------------------------------------------------------------ metrics
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._queue), model=self.name)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.predictions.inc(model=self.name, outcome=outcome)

@@ -1,0 +1,176 @@
+"""The one place where errors become HTTP status codes.
+
+Service code raises the exceptions below (or lets :mod:`mcdrop.errors` ones through);
+:func:`status_for` picks the code and :func:`error_response` writes ``{"error": "..."}``.
+Nothing else in the service chooses a status code for an error.
+
+Service exceptions (all :class:`ServiceError`)::
+
+    ServiceError
+    ├── BadRequest              400  unparseable body: malformed JSON, too deep, NaN literal,
+    │                                binary tensor data
+    ├── Unauthorized            401  missing or wrong API key (with WWW-Authenticate)
+    ├── NotFound                404  unknown model, version or route
+    ├── MethodNotAllowed        405
+    ├── PayloadTooLarge         413  body over MCDROP_MAX_BODY_BYTES
+    ├── UnsupportedMediaType    415  a v1 body that is not JSON
+    ├── Unprocessable           422  well-formed JSON that does not fit the model
+    ├── ModelNotReady           503  the model failed to load, or the server is stopping
+    ├── QueueFull               503  the model's queue is full (with Retry-After)
+    └── RequestTimeout          504  no answer within MCDROP_REQUEST_TIMEOUT_S
+
+mcdrop's own tree: InvalidInputError -> 422; ModelOutputError (non-finite or unusable
+model output for this input) -> 422; NoDropoutError, UnsupportedModelError, ManifestError,
+WeightsError, DataError (server-side configuration) -> 500. Anything else -> 500 with a
+generic message; the traceback goes to the server log only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.responses import JSONResponse
+
+from mcdrop.errors import InvalidInputError, McdropError, ModelOutputError
+
+__all__ = [
+    "ServiceError",
+    "BadRequest",
+    "Unauthorized",
+    "NotFound",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "Unprocessable",
+    "ModelNotReady",
+    "QueueFull",
+    "RequestTimeout",
+    "status_for",
+    "error_response",
+    "INTERNAL_ERROR_MESSAGE",
+]
+
+log = logging.getLogger("mcdrop.service")
+
+INTERNAL_ERROR_MESSAGE = "internal server error; the server log has the details"
+
+
+class ServiceError(Exception):
+    """An error the service answers on purpose; ``headers`` are added to the response."""
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    """The body cannot be read as a request at all."""
+
+
+class Unauthorized(ServiceError):
+    """Missing or wrong credentials."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"WWW-Authenticate": 'Bearer realm="mcdrop"'})
+
+
+class NotFound(ServiceError):
+    """No such model, version or route."""
+
+
+class MethodNotAllowed(ServiceError):
+    """The route exists but not with this method."""
+
+
+class PayloadTooLarge(ServiceError):
+    """The body is over the size limit."""
+
+
+class UnsupportedMediaType(ServiceError):
+    """The body declares a content type other than JSON."""
+
+
+class Unprocessable(ServiceError):
+    """Valid JSON that does not fit the schema or the model."""
+
+
+class ModelNotReady(ServiceError):
+    """The model cannot serve now (failed to load, or the server is shutting down)."""
+
+
+class QueueFull(ServiceError):
+    """The model's request queue is full; retry shortly."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after_s)})
+
+
+class RequestTimeout(ServiceError):
+    """The request was not answered within the configured time."""
+
+
+_SERVICE_STATUS: dict[type[ServiceError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unprocessable: 422,
+    ModelNotReady: 503,
+    QueueFull: 503,
+    RequestTimeout: 504,
+}
+
+_HTTP_STATUS_CLASS: dict[int, type[ServiceError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: Unprocessable,
+}
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status code for ``exc``."""
+    if isinstance(exc, ServiceError):
+        for cls in type(exc).__mro__:
+            if cls in _SERVICE_STATUS:
+                return _SERVICE_STATUS[cls]
+        return 500
+    if isinstance(exc, (InvalidInputError, ModelOutputError)):
+        return 422
+    return 500
+
+
+def from_http_status(status: int, message: str) -> ServiceError:
+    """Wrap a framework-raised HTTP status (404 route, 405 method, ...) as a ServiceError."""
+    cls = _HTTP_STATUS_CLASS.get(status, BadRequest if 400 <= status < 500 else ServiceError)
+    if cls is Unauthorized:
+        return Unauthorized(message)
+    return cls(message)
+
+
+def message_for(exc: BaseException) -> str:
+    """The client-facing message: ours verbatim, never a traceback or internal detail."""
+    if isinstance(exc, ServiceError):
+        return exc.message
+    if isinstance(exc, ModelOutputError):
+        return f"the model produced unusable output for this input: {exc}"
+    if isinstance(exc, InvalidInputError):
+        return str(exc)
+    if isinstance(exc, McdropError):
+        return "the model is misconfigured on the server; the server log has the details"
+    return INTERNAL_ERROR_MESSAGE
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """``{"error": message}`` with the status (and headers) :func:`status_for` picks."""
+    status = status_for(exc)
+    if status >= 500 and not isinstance(exc, ServiceError):
+        log.error("unhandled error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    headers = exc.headers if isinstance(exc, ServiceError) else None
+    return JSONResponse({"error": message_for(exc)}, status_code=status, headers=headers)

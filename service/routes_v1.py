@@ -1,0 +1,80 @@
+"""Health, metrics and the v1 JSON API. Handlers are thin: the data plane does the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from mcdrop.schemas import (
+    ErrorResponse,
+    LiveResponse,
+    ModelInfo,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    ReadyResponse,
+)
+from service.deps import get_plane, read_json, require_api_key
+from service.metrics import CONTENT_TYPE
+from service.runtime import DataPlane
+
+__all__ = ["router"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)
+}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    }
+}
+
+router = APIRouter()
+models = APIRouter(prefix="/v1/models", dependencies=[Depends(require_api_key)], tags=["v1"])
+
+
+@router.get("/health/live", response_model=LiveResponse, tags=["health"])
+async def live() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "live"}
+
+
+@router.get("/health/ready", response_model=ReadyResponse, tags=["health"],
+            responses={503: {"model": ReadyResponse}})  # fmt: skip
+async def ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
+    """200 once every loadable model is loaded and warmed up; 503 before, or if none is."""
+    return JSONResponse(plane.health(), status_code=200 if plane.ready else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text exposition."""
+    return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@models.get("", response_model=ModelList, responses=_ERRORS)
+async def list_models(plane: DataPlane = Depends(get_plane)) -> dict[str, Any]:
+    """Served models, and the folders that failed to load with the reason."""
+    return plane.list_models()
+
+
+@models.get("/{name}", response_model=ModelInfo, responses=_ERRORS)
+async def model_info(name: str, plane: DataPlane = Depends(get_plane)) -> dict[str, Any]:
+    """One model's manifest and state."""
+    return plane.get(name).info()
+
+
+@models.post("/{name}/predict", response_model=PredictResponse, responses=_ERRORS,
+             openapi_extra=_PREDICT_BODY)  # fmt: skip
+async def predict(
+    name: str, request: Request, plane: DataPlane = Depends(get_plane)
+) -> JSONResponse:
+    """MC dropout prediction: mean, variance, std, stderr (+ class statistics)."""
+    body = await read_json(request)
+    return JSONResponse(await plane.predict_v1(name, body))
+
+
+router.include_router(models)

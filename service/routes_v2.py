@@ -1,0 +1,73 @@
+"""Open Inference Protocol (KServe v2 / Triton) over JSON. Handlers are thin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+import mcdrop
+from mcdrop.schemas import ErrorResponse, InferenceResponse, ModelMetadata, ServerMetadata
+from service.deps import get_plane, read_json, require_api_key
+from service.runtime import DataPlane
+
+__all__ = ["router"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)
+}
+
+router = APIRouter(tags=["v2"])
+# Full prefix here (not nested under "/v2") so the route template seen by the access log
+# and the metrics is the whole path.
+models = APIRouter(prefix="/v2/models/{name}", dependencies=[Depends(require_api_key)])
+
+
+@router.get("/v2", response_model=ServerMetadata)
+async def server_metadata() -> dict[str, Any]:
+    """Server name, version and protocol extensions (none: JSON only)."""
+    return {"name": "mcdrop", "version": mcdrop.__version__, "extensions": []}
+
+
+@router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    """The process is up."""
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
+    """200 when the models are loaded and warmed up, 503 otherwise."""
+    return JSONResponse({"ready": plane.ready}, status_code=200 if plane.ready else 503)
+
+
+@models.get("", response_model=ModelMetadata, responses=_ERRORS)
+@models.get("/versions/{version}", response_model=ModelMetadata, responses=_ERRORS)
+async def model_metadata(
+    name: str, version: str | None = None, plane: DataPlane = Depends(get_plane)
+) -> dict[str, Any]:
+    """Inputs, outputs and versions of a model."""
+    return plane.get(name, version).v2_metadata()
+
+
+@models.get("/ready", responses=_ERRORS)
+@models.get("/versions/{version}/ready", responses=_ERRORS)
+async def model_ready(
+    name: str, version: str | None = None, plane: DataPlane = Depends(get_plane)
+) -> dict[str, Any]:
+    """200 when the model serves; 503 if it failed to load; 404 if unknown."""
+    return plane.model_ready(name, version)
+
+
+@models.post("/infer", response_model=InferenceResponse, responses=_ERRORS)
+@models.post("/versions/{version}/infer", response_model=InferenceResponse, responses=_ERRORS)
+async def infer(
+    name: str, request: Request, version: str | None = None, plane: DataPlane = Depends(get_plane)
+) -> JSONResponse:
+    """Inference; MC options in ``parameters``: ``mc_samples``, ``seed``."""
+    body = await read_json(request, v2=True)
+    return JSONResponse(await plane.infer_v2(name, body, version))
+
+
+router.include_router(models)

@@ -1,0 +1,161 @@
+"""Service settings, read from ``MCDROP_*`` environment variables.
+
+Plain ``os.environ`` parsing (no pydantic-settings dependency): each variable is parsed and
+range-checked here, and a bad value stops the server with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["Settings", "DEFAULT_MODELS_DIR", "ENV_PREFIX"]
+
+ENV_PREFIX = "MCDROP_"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told; each field is ``MCDROP_<FIELD NAME UPPERCASE>``.
+
+    Attributes
+    ----------
+    models_dir : Path
+        Model repository folder (one sub-folder per model). Default: the repository's
+        ``models/``.
+    host, port : str, int
+        Where ``mcdrop serve`` listens (default 127.0.0.1:8000).
+    api_key : str or None
+        When set, model routes need ``Authorization: Bearer <key>``.
+    max_body_bytes : int
+        Largest request body; larger ones get 413.
+    max_json_depth : int
+        Deepest nesting of arrays/objects accepted in a JSON body (400 beyond).
+    max_batch_rows : int
+        Most rows the batcher puts in one engine call (also capped by each model's
+        ``max_batch_rows``). 1 switches batching off.
+    batching : bool
+        False runs every request alone (for benchmarks).
+    max_queue_delay_ms : float
+        How long the batcher waits for more requests after the first one arrives.
+    max_queue_size : int
+        Requests waiting per model; beyond it requests get 503 with Retry-After.
+    request_timeout_s : float
+        A request not answered in this time gets 504 (dropped if it has not started).
+    cors_origins : tuple of str
+        Allowed CORS origins (comma-separated in the environment); empty: CORS off.
+    drain_seconds : float
+        On SIGTERM, how long in-flight requests may take to finish.
+    log_level : str
+        critical, error, warning, info or debug.
+    workers : int
+        uvicorn worker processes (each loads every model).
+    """
+
+    models_dir: Path = DEFAULT_MODELS_DIR
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_body_bytes: int = 16 * 2**20
+    max_json_depth: int = 100
+    max_batch_rows: int = 256
+    batching: bool = True
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 256
+    request_timeout_s: float = 30.0
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    drain_seconds: float = 10.0
+    log_level: str = "info"
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.port, 0 <= self.port <= 65535, "port", "must be in [0, 65535]")
+        for name in ("max_body_bytes", "max_json_depth", "max_batch_rows", "max_queue_size"):
+            _check(getattr(self, name), getattr(self, name) >= 1, name, "must be at least 1")
+        _check(self.workers, self.workers >= 1, "workers", "must be at least 1")
+        for name in ("max_queue_delay_ms", "drain_seconds"):
+            _check(getattr(self, name), getattr(self, name) >= 0, name, "must be >= 0")
+        _check(
+            self.request_timeout_s, self.request_timeout_s > 0, "request_timeout_s", "must be > 0"
+        )
+        _check(
+            self.log_level,
+            self.log_level in _LOG_LEVELS,
+            "log_level",
+            f"must be one of {', '.join(_LOG_LEVELS)}",
+        )
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError(f"{ENV_PREFIX}API_KEY must not be blank (unset it to disable auth)")
+
+    @property
+    def batching_enabled(self) -> bool:
+        """Whether requests may share an engine call."""
+        return self.batching and self.max_batch_rows > 1
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``MCDROP_*`` variables; unset variables keep their defaults.
+
+        Raises
+        ------
+        ValueError
+            A variable that does not parse, naming it and the value.
+        """
+        env = os.environ if environ is None else environ
+        parsers: dict[str, Callable[[str], Any]] = {
+            "models_dir": lambda s: Path(s).expanduser(),
+            "host": str,
+            "port": int,
+            "api_key": lambda s: s if s else None,
+            "max_body_bytes": int,
+            "max_json_depth": int,
+            "max_batch_rows": int,
+            "batching": _parse_bool,
+            "max_queue_delay_ms": float,
+            "max_queue_size": int,
+            "request_timeout_s": float,
+            "cors_origins": _parse_list,
+            "drain_seconds": float,
+            "log_level": lambda s: s.strip().lower(),
+            "workers": int,
+        }
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            raw = env.get(var)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = parsers[f.name](raw)
+            except ValueError as exc:
+                raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
+        return cls(**values)
+
+
+def _check(value: Any, ok: bool, name: str, msg: str) -> None:
+    if not ok:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} {msg}, got {value!r}")
+
+
+def _parse_bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def _parse_list(s: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in s.split(",") if p.strip())
