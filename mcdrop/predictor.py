@@ -18,11 +18,13 @@ How a call runs
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import secrets
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -131,6 +133,7 @@ class _Group:
     draws: list[torch.Tensor] = field(default_factory=list)
     done: int = 0
     rows: torch.Tensor | None = None  # active rows (adaptive), None = all
+    start: int = 0  # first sample index (a device's share of a sharded request)
 
 
 def _validate_samples(samples: Any, name: str = "samples") -> int:
@@ -194,6 +197,10 @@ class MCPredictor:
         ``nn.Sequential`` or traceable by torch.fx (checked against replication first).
     max_samples : int
         Upper bound for ``samples`` and for adaptive sampling (default 10,000).
+    devices : sequence of devices, optional
+        Shard the S samples of every call across these devices (a model copy on each, run
+        in parallel threads); results equal the single-device ones up to float rounding.
+        Applies to fixed-S :meth:`predict` and :meth:`predict_many`.
     """
 
     def __init__(
@@ -208,6 +215,7 @@ class MCPredictor:
         precision: Literal["fp32", "bf16", "fp16"] = "fp32",
         split: Literal["auto", "off"] = "auto",
         max_samples: int = 10_000,
+        devices: Sequence[str | torch.device] | None = None,
     ) -> None:
         if task not in ("regression", "classification"):
             raise InvalidInputError(f"task must be 'regression' or 'classification', got {task!r}")
@@ -237,6 +245,25 @@ class MCPredictor:
         self.param_dtype = p0.dtype if p0 is not None else torch.float32
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._lock = threading.RLock()
+        self._replicas: list[MCPredictor] = []
+        if devices is not None and len(devices) > 1:
+            # One model copy per device; each runs a contiguous share of every request's
+            # samples. Masks depend on (seed, sample) only, so the merged moments equal the
+            # single-device result up to float rounding.
+            self._replicas = [
+                MCPredictor(
+                    copy.deepcopy(model),
+                    samples,
+                    task,
+                    d,
+                    tau,
+                    max_rows=max_rows,
+                    precision=precision,
+                    split=split,
+                    max_samples=max_samples,
+                )
+                for d in devices
+            ]
         self.last_chunk_rows: list[int] = []  # rows of each forward chunk of the last call
 
     # ------------------------------------------------------------------ public API
@@ -295,7 +322,7 @@ class MCPredictor:
             if s > self.max_samples:
                 raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
             group = _Group(xt, _validate_seed(seed), s)
-            self._run([group], return_samples)
+            self._execute([group], return_samples)
             return self._finish(group)
 
     def predict_many(self, requests: Sequence[MCRequest]) -> list[Prediction]:
@@ -320,7 +347,7 @@ class MCPredictor:
                     raise InvalidInputError(f"request {i}: {exc}") from exc
             if not groups:
                 return []
-            self._run(groups, False)
+            self._execute(groups, False)
             return [self._finish(g) for g in groups]
 
     def deterministic(self, x: Any) -> torch.Tensor:
@@ -560,6 +587,40 @@ class MCPredictor:
                     torch.exp(logvar.double().reshape(u, b, *logvar.shape[1:])), rows
                 )
 
+    def _execute(self, groups: list[_Group], keep: bool) -> None:
+        """Run ``groups`` here, or sharded over the device replicas and merged."""
+        if not self._replicas:
+            self._run(groups, keep)
+            return
+        n = len(self._replicas)
+        shards: list[list[_Group]] = [[] for _ in range(n)]
+        owned: list[list[_Group]] = [[] for _ in groups]  # each request's parts, in order
+        for gi, g in enumerate(groups):
+            bounds = [g.samples * i // n for i in range(n + 1)]
+            for i, rep in enumerate(self._replicas):
+                if bounds[i + 1] > bounds[i]:
+                    part = _Group(
+                        g.x.to(rep.device), g.seed, bounds[i + 1] - bounds[i], start=bounds[i]
+                    )
+                    shards[i].append(part)
+                    owned[gi].append(part)
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            futures = [
+                pool.submit(rep._run, part, keep)
+                for rep, part in zip(self._replicas, shards)
+                if part
+            ]
+            for f in futures:
+                f.result()
+        for g, parts in zip(groups, owned):
+            g.acc, g.hetero_acc = parts[0].acc, parts[0].hetero_acc
+            for p in parts[1:]:
+                g.acc.merge(p.acc)
+                if g.hetero_acc is not None and p.hetero_acc is not None:
+                    g.hetero_acc.merge(p.hetero_acc)
+            g.draws = [d for p in parts for d in p.draws]
+            g.done = g.samples
+
     def _run(self, groups: list[_Group], keep: bool) -> None:
         self.last_chunk_rows = []
         saved = layers.set_mc_flags(self.model)
@@ -579,7 +640,7 @@ class MCPredictor:
             self._new_acc(g, plan)
         budget = self._chunk_rows(plan)
         # Pack (group, sample range) segments into chunks of at most `budget` rows.
-        pending = [(g, 0, g.samples) for g in groups]
+        pending = [(g, g.start, g.start + g.samples) for g in groups]
         while pending:
             segs: list[tuple[_Group, int, int]] = []
             room = budget

@@ -54,6 +54,27 @@ class Moments:
         self.m2[idx] = self.m2[idx] + bm2 + delta**2 * (na_b * k / n)
         self.count[idx] = na + k
 
+    def merge(self, other: Moments) -> None:
+        """Fold in another accumulator over the same rows (Chan's parallel update)."""
+        assert other.mean is not None and other.count is not None and other.m2 is not None
+        if self.mean is None:
+            self.count, self.mean, self.m2 = (
+                other.count.clone(),
+                other.mean.clone(),
+                other.m2.clone(),
+            )
+            return
+        assert self.count is not None and self.m2 is not None
+        dev = self.mean.device
+        nb, mb, m2b = other.count.to(dev), other.mean.to(dev), other.m2.to(dev)
+        shape = (-1, *([1] * (self.mean.dim() - 1)))
+        na_, nb_ = self.count.view(shape), nb.view(shape)
+        n = na_ + nb_
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb_ / n)
+        self.m2 = self.m2 + m2b + delta**2 * (na_ * nb_ / n)
+        self.count = self.count + nb
+
     def variance(self, ddof: int = 1) -> torch.Tensor:
         """Per-element variance; ddof=1 gives the unbiased sample variance (0 when S = 1)."""
         assert self.count is not None and self.m2 is not None
@@ -92,6 +113,17 @@ class ClassStats:
         idx = rows if rows is not None else slice(None)
         self.entropy_sum[idx] += ent
         self.votes[idx] += votes
+
+    def merge(self, other: ClassStats) -> None:
+        """Fold in another accumulator over the same rows."""
+        assert other.entropy_sum is not None and other.votes is not None
+        self.moments.merge(other.moments)
+        dev = self.moments.mean.device if self.moments.mean is not None else None
+        if self.entropy_sum is None or self.votes is None:
+            self.entropy_sum, self.votes = other.entropy_sum.clone(), other.votes.clone()
+        else:
+            self.entropy_sum = self.entropy_sum + other.entropy_sum.to(dev)
+            self.votes = self.votes + other.votes.to(dev)
 
     def summary(self) -> dict[str, torch.Tensor]:
         """probs, predictive/expected entropy, mutual information, variation ratio."""

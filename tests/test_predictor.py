@@ -376,3 +376,24 @@ def test_keyed_channel_dropout_drops_whole_channels() -> None:
     d = out.draws.flatten(3)  # (S, B, C, H*W)
     assert ((d == 0).all(-1) | (d == 2.0).all(-1)).all()
     assert 0.3 < (d[..., 0] == 0).double().mean().item() < 0.7
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_samples_sharded_over_devices_equal_single_device(task: str) -> None:
+    model = classifier()
+    x = torch.randn(4, 5)
+    one = MCPredictor(model, samples=37, task=task)
+    three = MCPredictor(model, samples=37, task=task, devices=["cpu", "cpu", "cpu"])
+    a, b = (
+        one.predict(x, seed=5, return_samples=True),
+        three.predict(x, seed=5, return_samples=True),
+    )
+    assert torch.allclose(a.mean, b.mean, atol=1e-9)
+    assert torch.allclose(a.variance, b.variance, atol=1e-9)
+    assert torch.equal(a.draws, b.draws)  # same masks per sample, same order
+    if task == "classification":
+        assert torch.allclose(a.mutual_information, b.mutual_information, atol=1e-9)
+        assert torch.allclose(a.variation_ratio, b.variation_ratio)
+    many = three.predict_many([MCRequest(x, 37, 5), MCRequest(x[:2], 3, 9)])
+    assert torch.allclose(many[0].mean, a.mean, atol=1e-9)
+    assert torch.allclose(many[1].mean, one.predict(x[:2], samples=3, seed=9).mean, atol=1e-9)
