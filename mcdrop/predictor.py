@@ -550,9 +550,10 @@ class MCPredictor:
                     torch.cat(vs) if isinstance(vs[0], torch.Tensor) and vs[0].dim() > 0 else vs[0]
                 )
         fn = plan.split.suffix if plan.split is not None else self.model
-        self.last_chunk_rows.append(sum(counts))
         with torch.inference_mode(), layers.sampling(ctx), self._autocast():
-            return fn(*args)
+            out = fn(*args)
+        self.last_chunk_rows.append(sum(counts))
+        return out
 
     def _new_acc(self, g: _Group, plan: _Plan) -> None:
         g.acc = ClassStats() if self.task == "classification" else Moments()
@@ -669,19 +670,19 @@ class MCPredictor:
             total = sum((s1 - s0) * len(g.x) for g, s0, s1 in segs)
             if total <= min(len(g.x) for g, _, _ in segs):
                 raise
-            self.max_rows = max(1, total // 2)
-            log.warning("mcdrop: out of memory with %d rows per chunk; halving", total)
+            budget = max(1, total // 2)
+            self.max_rows = budget  # later calls start from the size that fits
+            log.warning(
+                "mcdrop: out of memory with %d rows per chunk; retrying with %d", total, budget
+            )
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            half: list[tuple[_Group, int, int]] = []
+            pieces: list[tuple[_Group, int, int]] = []
             for g, s0, s1 in segs:
-                if s1 - s0 > 1:
-                    mid = (s0 + s1) // 2
-                    half += [(g, s0, mid), (g, mid, s1)]
-                else:
-                    half.append((g, s0, s1))
-            for part in half:
-                self._run_chunk(plan, [part], keep)
+                step = max(1, budget // len(g.x))
+                pieces += [(g, a, min(s1, a + step)) for a in range(s0, s1, step)]
+            for piece in pieces:
+                self._run_chunk(plan, [piece], keep)
             return
         main, logvar = _split_output(y)
         offset = 0

@@ -397,3 +397,33 @@ def test_samples_sharded_over_devices_equal_single_device(task: str) -> None:
     many = three.predict_many([MCRequest(x, 37, 5), MCRequest(x[:2], 3, 9)])
     assert torch.allclose(many[0].mean, a.mean, atol=1e-9)
     assert torch.allclose(many[1].mean, one.predict(x[:2], samples=3, seed=9).mean, atol=1e-9)
+
+
+class OOMOverRows(nn.Module):
+    """Raises torch's out-of-memory error whenever a forward pass holds too many rows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.net = nn.Sequential(MCDropout(0.3), nn.Linear(3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: {x.shape[0]} rows")
+        return self.net(x)
+
+
+def test_out_of_memory_halves_the_chunk_and_still_answers() -> None:
+    model = OOMOverRows(limit=10_000)
+    x = torch.randn(4, 3)
+    ref = MCPredictor(model, samples=64, max_rows=512).predict(x, seed=2)
+    model.limit = 40
+    shrinking = MCPredictor(model, samples=64, max_rows=512)
+    out = shrinking.predict(x, seed=2)
+    assert max(shrinking.last_chunk_rows) <= 40 < 512
+    assert shrinking.max_rows is not None and shrinking.max_rows < 512  # remembered
+    assert torch.allclose(out.mean, ref.mean, atol=1e-9)
+    assert torch.allclose(out.variance, ref.variance, atol=1e-9)
+    model.limit = 3  # not even one sample of 4 rows fits: the error surfaces
+    with pytest.raises(torch.OutOfMemoryError):
+        MCPredictor(model, samples=8).predict(x, seed=2)
