@@ -64,11 +64,14 @@ RUN --mount=type=secret,id=ca,required=false \
     rm -f /tmp/ca.pem /tmp/requirements.txt /tmp/pyproject.toml
 
 # The source (what .dockerignore lets through), installed without touching the network.
+# The models are made world-readable: files written through a temp file are often 0600,
+# and the server runs as a non-root user.
 COPY . /src
 RUN cd /src \
     && { [ -f README.md ] || echo "# mcdrop" > README.md; } \
     && pip install --no-deps --no-build-isolation . \
     && mkdir -p /models && cp -r /src/models/. /models/ \
+    && chmod -R a+rX /models \
     && rm -rf /src \
     && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent mcdrop
 

@@ -1,6 +1,6 @@
-"""mcdrop.client against scripted servers (httpx.MockTransport): encoding, decoding, the
-error tree and the retry policy. The end-to-end tests against the real app live in
-tests/test_client_service.py."""
+"""mcdrop.client: against scripted servers (httpx.MockTransport) for encoding, decoding,
+the error tree and the retry policy; then against the real service (uvicorn on 127.0.0.1
+and httpx.ASGITransport) for every method, authentication and the error mapping."""
 
 from __future__ import annotations
 
@@ -117,7 +117,11 @@ def test_predict_sends_json_and_decodes_numpy():
     assert req.method == "POST" and req.url.path == "/v1/models/toy1d/predict"
     assert req.headers["content-type"] == "application/json"
     assert req.headers["authorization"] == "Bearer s3cret"
-    assert rec.bodies[0] == {"inputs": [[pytest.approx(0.1)], [pytest.approx(0.2)]], "samples": 50, "seed": 7}
+    assert rec.bodies[0] == {
+        "inputs": [[pytest.approx(0.1)], [pytest.approx(0.2)]],
+        "samples": 50,
+        "seed": 7,
+    }
     assert res.model == "toy1d" and res.samples == 50 and res.seed == 7
     assert res.task == "regression" and res.probs is None and res.predicted_class is None
     for name in ("mean", "variance", "std", "stderr", "epistemic_variance"):
@@ -386,7 +390,10 @@ def test_connection_errors_are_retried_for_predict_and_gets():
 
 def test_connection_failure_after_retries():
     rec = Recorder(httpx.ConnectError("refused"))
-    with client_for(rec, retries=2) as c, pytest.raises(ConnectionFailedError, match="cannot reach"):
+    with (
+        client_for(rec, retries=2) as c,
+        pytest.raises(ConnectionFailedError, match="cannot reach"),
+    ):
         c.models()
     assert len(rec.requests) == 3
 
@@ -480,7 +487,9 @@ def test_async_client_same_behaviour():
     )
 
     async def main() -> None:
-        async with AsyncClient(URL, api_key="k", transport=httpx.MockTransport(rec), backoff=0.001) as c:
+        async with AsyncClient(
+            URL, api_key="k", transport=httpx.MockTransport(rec), backoff=0.001
+        ) as c:
             res = await c.predict("digits", np.ones((2, 2)), samples=20, seed=3)
             assert res.task == "classification" and res.probs.shape == (2, 2)
             assert [m.name for m in await c.models()] == ["toy1d"]
@@ -526,3 +535,108 @@ def test_client_modules_import_no_torch_and_no_service():
                 assert top not in ("torch", "service", "fastapi", "starlette"), (name, mod)
                 if top == "mcdrop":
                     assert mod in allowed_mcdrop, (name, mod)
+
+
+# ----------------------------------------------------------------------------- real service
+
+service_app = pytest.importorskip  # the service is optional for the client
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    service_app("service.app")
+    from _live_server import live_server
+
+    with live_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def secured_url():
+    service_app("service.app")
+    from _live_server import live_server
+
+    with live_server(api_key="letmein") as url:
+        yield url
+
+
+def test_service_every_method(server_url):
+    with Client(server_url) as c:
+        assert c.live() and c.ready()
+        models = {m.name: m for m in c.models()}
+        assert {"concrete", "digits", "toy1d"} <= set(models)
+        rng = np.random.default_rng(0)
+        for name, info in models.items():
+            assert c.model(name) == info
+            x = rng.normal(size=(4, *info.input_shape))
+            a = c.predict(name, x, samples=16, seed=11)
+            b = c.predict(name, x.astype(np.float32), samples=16, seed=11)
+            assert a.model == name and a.samples == 16 and a.seed == 11
+            assert a.mean.shape == a.std.shape == a.stderr.shape == (4, *info.output_shape)
+            assert (a.variance >= 0).all()
+            if info.task == "classification":
+                np.testing.assert_allclose(a.probs.sum(axis=1), 1.0, atol=1e-6)
+                assert (a.mutual_information >= -1e-9).all()
+            else:
+                assert a.probs is None and a.epistemic_variance is not None
+            # float32 and float64 inputs of the same values give the same seeded answer
+            np.testing.assert_array_equal(a.mean, b.mean)
+        unseeded = c.predict("toy1d", [[0.0]], samples=8)
+        again = c.predict("toy1d", [[0.0]], samples=8, seed=unseeded.seed)
+        np.testing.assert_array_equal(unseeded.mean, again.mean)
+
+
+def test_service_error_mapping(server_url):
+    with Client(server_url) as c:
+        with pytest.raises(NotFoundError, match="no model named 'nope'"):
+            c.predict("nope", [[1.0]])
+        with pytest.raises(NotFoundError):
+            c.model("nope")
+        with pytest.raises(BadRequestError) as info:
+            c.predict("toy1d", [[1.0, 2.0]])
+        assert info.value.status_code in (400, 422) and "shape" in info.value.message
+        with pytest.raises(BadRequestError):
+            c.predict("toy1d", [[1.0]], samples=10**7)
+
+
+def test_service_large_input(server_url):
+    x = np.random.default_rng(1).normal(size=(1000, 8))
+    with Client(server_url) as c:
+        res = c.predict("concrete", x, samples=4, seed=1)
+    assert res.mean.shape == (1000, 1)
+
+
+def test_service_authentication(secured_url):
+    with Client(secured_url) as c:
+        assert c.ready()  # health stays open
+        with pytest.raises(AuthenticationError) as info:
+            c.predict("toy1d", [[0.0]])
+        assert info.value.status_code == 401
+    with Client(secured_url, api_key="wrong") as c, pytest.raises(AuthenticationError):
+        c.models()
+    with Client(secured_url, api_key="letmein") as c:
+        assert c.predict("toy1d", [[0.0]], seed=1).mean.shape == (1, 1)
+
+
+def test_async_client_through_asgi_transport():
+    service_app("service.app")
+    from _live_server import MODELS_DIR
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(models_dir=MODELS_DIR))
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with AsyncClient("http://asgi", transport=transport) as c:
+                assert await c.ready() and await c.live()
+                info = await c.model("digits")
+                x = np.zeros((3, *info.input_shape))
+                res = await c.predict("digits", x, samples=10, seed=2)
+                assert res.task == "classification" and res.probs.shape == (3, 10)
+                with pytest.raises(NotFoundError):
+                    await c.predict("nope", x)
+
+    asyncio.run(main())
