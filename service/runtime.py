@@ -302,7 +302,8 @@ class ModelRuntime:
                 f"got {_json_type(got)}"
             ) from None
         try:
-            arr = np.asarray(data, dtype=_NP_DTYPES[m.input_dtype])
+            with np.errstate(over="ignore"):  # overflow to inf is reported just below
+                arr = np.asarray(data, dtype=_NP_DTYPES[m.input_dtype])
         except OverflowError:
             raise Unprocessable("inputs holds integers that do not fit in int64") from None
         except ValueError:
@@ -480,7 +481,8 @@ class ModelRuntime:
                 f"input '{t.name}' data[{i}] must be {what}, got {_json_type(flat[i])}"
             ) from None
         try:
-            arr = np.asarray(values, dtype=_NP_DTYPES[m.input_dtype]).reshape(t.shape)
+            with np.errstate(over="ignore"):
+                arr = np.asarray(values, dtype=_NP_DTYPES[m.input_dtype]).reshape(t.shape)
         except OverflowError:
             raise Unprocessable(f"input '{t.name}' holds integers that do not fit int64") from None
         return self._finish_array(arr, f"input '{t.name}'")

@@ -1,0 +1,49 @@
+"""Fixtures of the service tests (helpers live in svc_helpers.py)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from svc_helpers import ROOT, Server, start_server, stop_server, write_tiny_repo
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository folder with the tiny models (built once per session)."""
+    return write_tiny_repo(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def default_or_tiny_repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's models/ when it holds models, else a copy of the tiny repository."""
+    from service.server import find_model_folders
+
+    if find_model_folders(ROOT / "models"):
+        return ROOT / "models"
+    dest = tmp_path_factory.mktemp("fallback") / "models"
+    shutil.copytree(tiny_repo, dest)
+    return dest
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start servers inside a test; every one is stopped at the end."""
+    started: list[Server] = []
+
+    def start(repo: Path, env: dict[str, str] | None = None) -> Server:
+        s = start_server(repo, tmp_path / f"server{len(started)}.log", env)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        stop_server(s)
