@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mcdrop import layers
+from mcdrop import _sampling
 
 __all__ = ["Split", "sequential_split", "fx_split"]
 
@@ -43,7 +43,7 @@ def sequential_split(model: nn.Sequential, x_probe: torch.Tensor) -> Split | str
     children = list(model)
     entry_site: list[int] = []
     hooks = []
-    ctx = layers.SamplingContext(mode="record")
+    ctx = _sampling.SamplingContext(mode="record")
 
     def make_hook() -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
@@ -54,7 +54,7 @@ def sequential_split(model: nn.Sequential, x_probe: torch.Tensor) -> Split | str
     for child in children:
         hooks.append(child.register_forward_pre_hook(make_hook()))
     try:
-        with torch.inference_mode(), layers.sampling(ctx):
+        with torch.inference_mode(), _sampling.sampling(ctx):
             model(x_probe)
     finally:
         for h in hooks:
@@ -75,12 +75,12 @@ def sequential_split(model: nn.Sequential, x_probe: torch.Tensor) -> Split | str
 def _is_stochastic(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         m = modules[str(node.target)]
-        return isinstance(m, (nn.modules.dropout._DropoutNd, *layers._FLAG_TRAINING))
+        return isinstance(m, (nn.modules.dropout._DropoutNd, *_sampling._FLAG_TRAINING))
     if node.op == "call_function":
         target = node.target
         if getattr(target, "__mcdrop_wrapper__", False):
             return True
-        if target in layers.ORIGINALS.values():
+        if target in _sampling.ORIGINALS.values():
             return True
         return target is torch.dropout or target is torch.nn.functional.scaled_dot_product_attention
     return False
@@ -90,7 +90,7 @@ def fx_split(model: nn.Module) -> Split | str:
     """Split a model torch.fx can trace at its stochastic frontier, or say why not."""
     import torch.fx as fx
 
-    layers._install_patches()
+    _sampling._install_patches()
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # tracing fails on data-dependent control flow and more

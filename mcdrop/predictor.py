@@ -26,17 +26,19 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from mcdrop import _split, layers
+from mcdrop import _planning, _sampling, layers
 from mcdrop._keyed import unit_keys
-from mcdrop.errors import InvalidInputError, ModelOutputError, NoDropoutError
-from mcdrop.stats import ClassStats, Moments, entropy
+from mcdrop._planning import _Plan
+from mcdrop.errors import InvalidInputError, ModelOutputError
+from mcdrop.prediction import MCRequest, Prediction
+from mcdrop.stats import ClassStats, Moments
 
 __all__ = ["MCPredictor", "Prediction", "MCRequest"]
 
@@ -45,81 +47,6 @@ log = logging.getLogger("mcdrop")
 Task = Literal["regression", "classification"]
 _MAX_SEED = 2**63 - 1
 _CPU_BUDGET = 256 * 2**20  # bytes of activations per chunk on CPU
-_MAX_EXACT_UNITS = 16
-
-
-@dataclass
-class Prediction:
-    """Summary of S Monte Carlo dropout draws for B rows.
-
-    Attributes
-    ----------
-    mean, variance, std : Tensor (B, *O)
-        Predictive mean and variance. Regression: sample mean and unbiased sample variance
-        of the outputs, plus 1/tau when tau is set, plus the mean predicted aleatoric
-        variance for (mean, log-variance) heads. Classification: mean and variance of the
-        softmax probabilities (``mean`` equals ``probs``).
-    stderr : Tensor (B, *O)
-        Monte Carlo standard error of ``mean``: sd / sqrt(S).
-    samples : int
-        Samples drawn per row (the largest, for adaptive sampling).
-    samples_per_row : Tensor (B,)
-        Samples each row used (equal to ``samples`` unless ``samples="auto"``).
-    seed : int
-        The seed that reproduces this result.
-    epistemic_variance, aleatoric_variance : Tensor (B, *O) or None
-        For regression: the model-uncertainty part (sample variance) and the noise part
-        (1/tau and/or mean predicted variance).
-    probs, predictive_entropy, expected_entropy, mutual_information, variation_ratio
-        Classification only: (B, C), (B,), (B,), (B,), (B,); entropies in nats.
-    draws : Tensor (S, B, *O) or None
-        Raw outputs (logits for classifiers) when ``return_samples=True``.
-    """
-
-    task: str
-    mean: torch.Tensor
-    variance: torch.Tensor
-    std: torch.Tensor
-    stderr: torch.Tensor
-    samples: int
-    samples_per_row: torch.Tensor
-    seed: int
-    epistemic_variance: torch.Tensor | None = None
-    aleatoric_variance: torch.Tensor | None = None
-    probs: torch.Tensor | None = None
-    predictive_entropy: torch.Tensor | None = None
-    expected_entropy: torch.Tensor | None = None
-    mutual_information: torch.Tensor | None = None
-    variation_ratio: torch.Tensor | None = None
-    draws: torch.Tensor | None = None
-    exact: bool = False
-
-    def to_numpy(self) -> dict[str, Any]:
-        """Every tensor field as a numpy array (float64 where floating), others as is."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
-        return out
-
-
-@dataclass
-class MCRequest:
-    """One request of :meth:`MCPredictor.predict_many`."""
-
-    inputs: Any
-    samples: int | None = None
-    seed: int | None = None
-
-
-@dataclass
-class _Plan:
-    layouts: dict[int, tuple[int, int]]
-    sites: list[layers.SiteRecord]
-    per_row_bytes: int
-    split: _split.Split | None = None
-    split_reason: str = ""
-    hetero: bool = False
 
 
 @dataclass
@@ -403,83 +330,8 @@ class MCPredictor:
 
     # ------------------------------------------------------------------ planning
 
-    def _record(self, x: torch.Tensor) -> list[layers.SiteRecord]:
-        ctx = layers.SamplingContext(mode="record")
-        with torch.inference_mode(), layers.sampling(ctx):
-            self.model(x)
-        return ctx.records
-
     def _plan(self, x: torch.Tensor) -> _Plan:
-        sig = (tuple(x.shape[1:]), x.dtype)
-        plan = self._plans.get(sig)
-        if plan is not None:
-            return plan
-        one = x[:1]
-        r2 = self._record(one.expand(2, *one.shape[1:]).contiguous())
-        r3 = self._record(one.expand(3, *one.shape[1:]).contiguous())
-        if not r2:
-            raise NoDropoutError(
-                f"{type(self.model).__name__} ran no dropout: MC sampling would report zero "
-                "variance. Add dropout (e.g. mcdrop.MCDropout) to the model"
-            )
-        layouts: dict[int, tuple[int, int]] = {}
-        per_row = x[0].numel() * x.element_size()
-        if len(r2) == len(r3):
-            for k, (a, b) in enumerate(zip(r2, r3)):
-                if len(a.shape) != len(b.shape):
-                    continue
-                diff = [d for d in range(len(a.shape)) if a.shape[d] != b.shape[d]]
-                if len(diff) == 1 and a.shape[diff[0]] % 2 == 0:
-                    d = diff[0]
-                    m = a.shape[d] // 2
-                    if b.shape[d] == 3 * m:
-                        layouts[k] = (d, m)
-                        per_row = max(per_row, math.prod(a.shape) // 2 * 4)
-        with torch.inference_mode():
-            y = self.model(one.expand(2, *one.shape[1:]).contiguous())
-        hetero = not isinstance(y, torch.Tensor)
-        plan = _Plan(layouts, r2, per_row_bytes=per_row * 8, hetero=hetero)
-        if self.split_mode == "auto":
-            self._choose_split(plan, x)
-        self._plans[sig] = plan
-        return plan
-
-    def _choose_split(self, plan: _Plan, x: torch.Tensor) -> None:
-        probe = x[: min(len(x), 3)]
-        result: _split.Split | str
-        if isinstance(self.model, nn.Sequential):
-            result = _split.sequential_split(self.model, probe)
-        else:
-            result = _split.fx_split(self.model)
-        if isinstance(result, str):
-            plan.split_reason = result
-            log.info("mcdrop: replicating inputs for %s: %s", type(self.model).__name__, result)
-            return
-        # Check the split against replication on a few rows and samples before trusting it.
-        try:
-            a = self._forward_units(plan, _Group(probe, 12345, 3), 0, 3, None)
-            plan.split = result
-            b = self._forward_units(plan, _Group(probe, 12345, 3), 0, 3, None)
-        except Exception as exc:
-            plan.split = None
-            plan.split_reason = f"split forward failed ({type(exc).__name__}: {exc})"
-            log.warning(
-                "mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason
-            )
-            return
-        ya, yb = _split_output(a)[0].float(), _split_output(b)[0].float()
-        scale = float(torch.nan_to_num(ya, 0.0, 0.0, 0.0).abs().max()) + 1e-6
-        same = ya.shape == yb.shape and torch.allclose(
-            ya, yb, rtol=1e-4, atol=1e-5 * scale, equal_nan=True
-        )
-        if not same:
-            plan.split = None
-            plan.split_reason = "split output differs from replication"
-            log.warning(
-                "mcdrop: not splitting %s: %s", type(self.model).__name__, plan.split_reason
-            )
-        else:
-            plan.split_reason = f"split ({result.strategy})"
+        return _planning.plan_for(self, x)
 
     def _chunk_rows(self, plan: _Plan) -> int:
         if self.max_rows is not None:
@@ -527,7 +379,7 @@ class MCPredictor:
             counts.append(u * (b if rows is None else len(rows)))
         if len(segs) == 1:
             keys = segs[0][1]
-            ctx = layers.SamplingContext(
+            ctx = _sampling.SamplingContext(
                 mode="keyed", keys=keys, rows_per_unit=counts[0] // len(keys), layouts=plan.layouts
             )
             args = inputs[0]
@@ -540,7 +392,7 @@ class MCPredictor:
             row_unit = torch.repeat_interleave(
                 torch.arange(len(keys), device=self.device), per_unit
             )
-            ctx = layers.SamplingContext(
+            ctx = _sampling.SamplingContext(
                 mode="keyed", keys=keys, row_unit=row_unit, layouts=plan.layouts
             )
             args = []
@@ -550,7 +402,7 @@ class MCPredictor:
                     torch.cat(vs) if isinstance(vs[0], torch.Tensor) and vs[0].dim() > 0 else vs[0]
                 )
         fn = plan.split.suffix if plan.split is not None else self.model
-        with torch.inference_mode(), layers.sampling(ctx), self._autocast():
+        with torch.inference_mode(), _sampling.sampling(ctx), self._autocast():
             out = fn(*args)
         self.last_chunk_rows.append(sum(counts))
         return out
@@ -744,103 +596,9 @@ class MCPredictor:
         return pred
 
     def _predict_exact(self, x: torch.Tensor) -> Prediction:
-        saved = layers.set_mc_flags(self.model)
-        try:
-            plan = self._plan(x)
-            sizes = []
-            for k, rec in enumerate(plan.sites):
-                d, m = plan.layouts.get(k, (0, rec.shape[0] // 2))
-                per = (
-                    math.prod(rec.shape) // 2 if rec.kind in ("element", "alpha") else rec.shape[1]
-                )
-                sizes.append(per if rec.p > 0 else 0)
-            n = sum(sizes)
-            if n > _MAX_EXACT_UNITS:
-                raise InvalidInputError(
-                    f"exact=True enumerates 2^n subnetworks; this model has n = {n} dropout units "
-                    f"per row (at most {_MAX_EXACT_UNITS} allowed)"
-                )
-            offsets = [sum(sizes[:k]) for k in range(len(sizes))]
-            total = 2**n
-            ids = torch.arange(total, device=self.device)
-            bits = (
-                (ids.unsqueeze(1) >> torch.arange(max(n, 1), device=self.device)) & 1
-            ).bool()  # (2^n, n) True = dropped
+        from mcdrop._exact import predict_exact
 
-            def mask_fn(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tensor:
-                o = offsets[site]
-                return ~bits[keys][:, o : o + numel]
-
-            logw = torch.zeros(total, dtype=torch.float64, device=self.device)
-            for k, rec in enumerate(plan.sites):
-                if sizes[k] == 0:
-                    continue
-                dropped = bits[:, offsets[k] : offsets[k] + sizes[k]].sum(dim=1).double()
-                logw += (
-                    dropped * math.log(rec.p) + (sizes[k] - dropped) * math.log1p(-rec.p)
-                    if rec.p < 1
-                    else 0
-                )
-            w = torch.exp(logw)  # (2^n,)
-            b = len(x)
-            ctx = layers.SamplingContext(
-                mode="keyed", keys=ids, rows_per_unit=b, layouts=plan.layouts, mask_fn=mask_fn
-            )
-            xs = x.unsqueeze(0).expand(total, *x.shape).reshape(total * b, *x.shape[1:])
-            with torch.inference_mode(), layers.sampling(ctx), self._autocast():
-                y = self.model(xs)
-        finally:
-            layers.restore_flags(saved)
-        main, logvar = _split_output(y)
-        main = main.double().reshape(total, b, *main.shape[1:])
-        wv = w.view(-1, *([1] * (main.dim() - 1)))
-        if self.task == "classification":
-            p = torch.softmax(main, dim=-1)
-            mean = (wv * p).sum(0)
-            var = (wv * (p - mean) ** 2).sum(0)
-            ee = (w.view(-1, 1) * entropy(p)).sum(0)
-            pe = entropy(mean)
-            votes = torch.zeros_like(mean)
-            votes.scatter_add_(-1, p.argmax(-1).T, w.view(-1, 1).expand(total, b).T.contiguous())
-            return Prediction(
-                task=self.task,
-                mean=mean,
-                variance=var,
-                std=var.sqrt(),
-                stderr=torch.zeros_like(var),
-                samples=total,
-                samples_per_row=torch.full((b,), total),
-                seed=0,
-                probs=mean,
-                predictive_entropy=pe,
-                expected_entropy=ee,
-                mutual_information=(pe - ee).clamp_min(0),
-                variation_ratio=1 - votes.max(-1).values,
-                exact=True,
-            )
-        mean = (wv * main).sum(0)
-        epi = (wv * (main - mean) ** 2).sum(0)
-        alea = torch.zeros_like(epi)
-        if logvar is not None:
-            alea = alea + (
-                wv * torch.exp(logvar.double().reshape(total, b, *logvar.shape[1:]))
-            ).sum(0)
-        if self.tau is not None:
-            alea = alea + 1.0 / self.tau
-        var = epi + alea
-        return Prediction(
-            task=self.task,
-            mean=mean,
-            variance=var,
-            std=var.sqrt(),
-            stderr=torch.zeros_like(var),
-            samples=total,
-            samples_per_row=torch.full((b,), total),
-            seed=0,
-            epistemic_variance=epi,
-            aleatoric_variance=alea,
-            exact=True,
-        )
+        return predict_exact(self, x)
 
     # ------------------------------------------------------------------ summaries
 
