@@ -153,8 +153,8 @@ def format_table(res: PredictResult, info: ModelInfo | None = None) -> str:
         n_out = mean.shape[1]
         names = info.output_names if info and len(info.output_names) == n_out else None
         if names is None:
-            names = ["mean ± std"] if n_out == 1 else [f"y{j} mean ± std" for j in range(n_out)]
-        head = ["row", *names]
+            names = [""] if n_out == 1 else [f"y{j}" for j in range(n_out)]
+        head = ["row", *(f"{n} mean ± std".lstrip() for n in names)]
         body = [
             [str(i), *(f"{_fmt(mean[i, j])} ± {_fmt(std[i, j])}" for j in range(n_out))]
             for i in range(b)
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
         return _fail(f"{args.input}: {exc}", 2)
     except ClientError as exc:
         return _fail(str(exc), 1)
-    answer = json.dumps(res.raw, indent=2)
+    answer = json.dumps(res.raw)
     if args.output:
         try:
             Path(args.output).write_text(answer + "\n")

@@ -77,7 +77,7 @@ def test_regression_table_uses_output_names(url, tmp_path, capsys):
     path.write_text(json.dumps({"inputs": [[-2.0], [0.0], [2.5]]}))
     assert main(["--url", url, "--model", "toy1d", "--input", str(path), "--seed", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["row", "y"]
+    assert lines[1].split() == ["row", "y", "mean", "±", "std"]
     assert len(lines) == 5 and all(" ± " in line for line in lines[2:])
 
 
