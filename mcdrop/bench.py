@@ -144,13 +144,14 @@ def run_strategy(
 
         return rep
     if name == "torch_uncertainty":
-        from torch_uncertainty.models import mc_dropout  # type: ignore[import-not-found]
-
-        wrapped = mc_dropout(model, num_estimators=s, on_batch=True).eval()
+        tu_mc_dropout = _torch_uncertainty_mc_dropout()
+        assert tu_mc_dropout is not None
+        tu_task = "classification" if task == "classification" else "regression"
+        wrapped = tu_mc_dropout(model, num_estimators=s, on_batch=True, task=tu_task).eval()
 
         def tu() -> Any:
             with torch.inference_mode(), ac:
-                return wrapped(x)
+                return _summ(wrapped(x).float().view(s, x.shape[0], -1))
 
         return tu
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
@@ -169,14 +170,33 @@ def run_strategy(
     return mc
 
 
+def _torch_uncertainty_mc_dropout() -> Callable[..., nn.Module] | None:
+    """torch-uncertainty's own ``mc_dropout`` when installed (the ``bench`` extra).
+
+    Its package ``__init__`` pulls in Lightning; the wrapper itself needs only torch and
+    einops, so its module file is loaded directly.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch_uncertainty")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = f"{list(spec.submodule_search_locations)[0]}/methods/mc_dropout.py"
+    mspec = importlib.util.spec_from_file_location("_tu_mc_dropout", path)
+    if mspec is None or mspec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(mspec)
+    try:
+        mspec.loader.exec_module(module)
+    except (ImportError, FileNotFoundError):
+        return None
+    return getattr(module, "mc_dropout", None)
+
+
 def strategies() -> list[str]:
     names = ["deterministic", "loop", "replicate", "mcdrop", "mcdrop_nosplit"]
-    try:
-        import torch_uncertainty  # type: ignore[import-not-found]  # noqa: F401
-
+    if _torch_uncertainty_mc_dropout() is not None:
         names.insert(3, "torch_uncertainty")
-    except ImportError:
-        pass
     return names
 
 
