@@ -475,7 +475,7 @@ class ModelRuntime:
             values = self._flat_adapter.validate_python(flat)
         except pydantic.ValidationError as exc:
             err = exc.errors(include_url=False, include_input=False)[0]
-            i = err["loc"][0]
+            i = int(err["loc"][0])
             what = "an integer" if kind == "int" else "a number"
             raise Unprocessable(
                 f"input '{t.name}' data[{i}] must be {what}, got {_json_type(flat[i])}"

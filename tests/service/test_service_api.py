@@ -187,7 +187,7 @@ async def test_v1_bad_input_is_a_4xx_with_a_message(
         "/v1/models/reg/predict", content=raw, headers={"Content-Type": "application/json"}
     )
     msg = _error(r, status, fragment)
-    assert "Traceback" not in msg and "File \"" not in msg
+    assert "Traceback" not in msg and 'File "' not in msg
 
 
 async def test_v1_content_type_and_size_limits(client: httpx.AsyncClient) -> None:

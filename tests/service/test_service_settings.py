@@ -1,0 +1,77 @@
+"""Settings from the environment, and ``mcdrop serve`` refusing to start without models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcdrop.cli import main as cli_main
+from service.settings import DEFAULT_MODELS_DIR, Settings
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.api_key, s.cors_origins) == ("127.0.0.1", 8000, None, ())
+    assert s.models_dir == DEFAULT_MODELS_DIR and DEFAULT_MODELS_DIR.name == "models"
+    assert s.batching_enabled
+
+
+def test_every_variable_is_read(tmp_path: Path) -> None:
+    env = {
+        "MCDROP_MODELS_DIR": str(tmp_path),
+        "MCDROP_HOST": "0.0.0.0",
+        "MCDROP_PORT": "9000",
+        "MCDROP_API_KEY": "k",
+        "MCDROP_MAX_BODY_BYTES": "1000",
+        "MCDROP_MAX_JSON_DEPTH": "10",
+        "MCDROP_MAX_BATCH_ROWS": "1",
+        "MCDROP_BATCHING": "off",
+        "MCDROP_MAX_QUEUE_DELAY_MS": "0.5",
+        "MCDROP_MAX_QUEUE_SIZE": "3",
+        "MCDROP_REQUEST_TIMEOUT_S": "2.5",
+        "MCDROP_CORS_ORIGINS": "https://a.example, https://b.example",
+        "MCDROP_DRAIN_SECONDS": "4",
+        "MCDROP_LOG_LEVEL": "WARNING",
+        "MCDROP_WORKERS": "2",
+    }
+    s = Settings.from_env(env)
+    assert s.models_dir == tmp_path and s.port == 9000 and s.api_key == "k"
+    assert s.cors_origins == ("https://a.example", "https://b.example")
+    assert (s.max_queue_delay_ms, s.request_timeout_s, s.log_level) == (0.5, 2.5, "warning")
+    assert not s.batching and not s.batching_enabled and s.workers == 2
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "fragment"),
+    [
+        ("MCDROP_PORT", "eighty", "MCDROP_PORT='eighty' is not valid"),
+        ("MCDROP_PORT", "70000", "MCDROP_PORT must be in [0, 65535]"),
+        ("MCDROP_MAX_QUEUE_SIZE", "0", "MCDROP_MAX_QUEUE_SIZE must be at least 1"),
+        ("MCDROP_BATCHING", "maybe", "expected true/false"),
+        ("MCDROP_REQUEST_TIMEOUT_S", "0", "MCDROP_REQUEST_TIMEOUT_S must be > 0"),
+        ("MCDROP_LOG_LEVEL", "loud", "MCDROP_LOG_LEVEL must be one of"),
+        ("MCDROP_API_KEY", "  ", "must not be blank"),
+    ],
+)
+def test_bad_values_name_the_variable(var: str, value: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=None) as info:
+        Settings.from_env({var: value})
+    assert fragment in str(info.value)
+
+
+def test_serve_without_models_exits_non_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["serve", "--models-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no models in" in err and str(tmp_path) in err and "--models-dir" in err
+    assert cli_main(["serve", "--models-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_serve_reports_bad_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MCDROP_MAX_BODY_BYTES", "lots")
+    assert cli_main(["serve"]) == 2
+    assert "MCDROP_MAX_BODY_BYTES" in capsys.readouterr().err
