@@ -132,18 +132,20 @@ def format_table(res: PredictResult, info: ModelInfo | None = None) -> str:
     lines = [f"model {res.model}   samples {res.samples}   seed {res.seed}"]
     b = res.mean.shape[0]
     if res.probs is not None:
-        labels = (
-            info.output_names if info and len(info.output_names) == res.probs.shape[1] else None
-        )
-        cls = res.predicted_class
+        probs = res.probs  # (B, C)
+        cls = np.argmax(probs, axis=1)  # (B,)
+        entropy = np.asarray(res.predictive_entropy)  # (B,)
+        mi = np.asarray(res.mutual_information)  # (B,)
+        names = info.output_names if info else []
+        labels = names if len(names) == probs.shape[1] else [str(k) for k in range(probs.shape[1])]
         head = ["row", "class", "prob", "entropy", "MI"]
         body = [
             [
                 str(i),
-                labels[cls[i]] if labels else str(int(cls[i])),
-                f"{res.probs[i, cls[i]]:.3f}",
-                f"{res.predictive_entropy[i]:.3f}",
-                f"{res.mutual_information[i]:.3f}",
+                labels[int(cls[i])],
+                f"{probs[i, cls[i]]:.3f}",
+                f"{entropy[i]:.3f}",
+                f"{mi[i]:.3f}",
             ]
             for i in range(b)
         ]
@@ -151,10 +153,10 @@ def format_table(res: PredictResult, info: ModelInfo | None = None) -> str:
         mean = res.mean.reshape(b, -1)  # (B, O)
         std = res.std.reshape(b, -1)  # (B, O)
         n_out = mean.shape[1]
-        names = info.output_names if info and len(info.output_names) == n_out else None
-        if names is None:
-            names = [""] if n_out == 1 else [f"y{j}" for j in range(n_out)]
-        head = ["row", *(f"{n} mean ± std".lstrip() for n in names)]
+        outs = info.output_names if info and len(info.output_names) == n_out else None
+        if outs is None:
+            outs = [""] if n_out == 1 else [f"y{j}" for j in range(n_out)]
+        head = ["row", *(f"{n} mean ± std".lstrip() for n in outs)]
         body = [
             [str(i), *(f"{_fmt(mean[i, j])} ± {_fmt(std[i, j])}" for j in range(n_out))]
             for i in range(b)
