@@ -243,3 +243,25 @@ def test_smoke_default_models(server_factory: Any, default_or_tiny_repo: Path) -
             r = c.post(f"/v1/models/{m['name']}/predict", json={"inputs": x, "samples": 4})
             assert r.status_code == 200, r.text
             assert np.isfinite(np.asarray(r.json()["mean"], dtype=float)).all()
+
+
+def test_schemathesis_fuzzing_never_gets_a_5xx(server: Server) -> None:
+    """Schema-driven fuzzing of v1 predict (bounded): every answer is JSON and below 500."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    operation = schema["/v1/models/{name}/predict"]["POST"]
+
+    @settings(
+        max_examples=60, deadline=None, database=None, derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+    @given(case=operation.as_strategy())
+    def fuzz(case: Any) -> None:
+        case.path_parameters = {"name": "reg"}
+        response = case.call(base_url=server.url, headers=dict(AUTH), timeout=10)
+        assert response.status_code < 500, response.text
+        assert response.status_code == 200 or "error" in response.json()
+
+    fuzz()
