@@ -1,0 +1,447 @@
+"""The mcdrop service as a Ray Serve deployment (``mcdrop serve --engine ray``).
+
+The same FastAPI app (:func:`service.app.create_app`) and the same engine run inside every
+replica; Ray Serve adds the HTTP proxy in front, routes each request to a replica, queues at
+most ``max_queued_requests`` per proxy and answers 503 beyond that::
+
+    client --HTTP--> Ray proxy --(max_ongoing per replica, max_queued)--> replica 1..N
+                                                                            create_app()
+                                                                            batcher threads
+
+Lifecycle of a replica under Ray Serve 2.60: the constructor runs (settings, logging), then
+Ray calls :meth:`MCDropReplica.__serve_build_asgi_app__` once, which builds the app inside
+the replica process (nothing with a lock or a thread is pickled), then Ray runs the app's
+lifespan startup once (models load and warm up, one batcher thread per model starts). On
+replica shutdown Ray runs the lifespan shutdown (batchers drain their queues) and then
+:meth:`MCDropReplica.__del__`.
+
+Three entry points:
+
+- :func:`build_app` -> a Serve ``Application`` for ``serve.run`` (Python);
+- :func:`app_builder` -> the same from a ``serve deploy`` config's ``args``
+  (``import_path: service.ray_app:app_builder``, see ``deploy/ray/serve_config.yaml``);
+- :func:`main` -> what ``mcdrop serve --engine ray`` runs: a local Ray, Serve on
+  host:port, blocking until SIGINT/SIGTERM.
+
+Ray is an optional dependency: ``pip install 'mcdrop[ray]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+try:
+    import ray
+    from ray import serve
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "mcdrop's Ray Serve engine needs Ray Serve, which is not installed "
+        f"({_exc}). Install the extra: pip install 'mcdrop[ray]' "
+        "(it pins ray[serve]==2.60.0)."
+    ) from _exc
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.settings import ENV_PREFIX, Settings
+
+__all__ = [
+    "RaySettings",
+    "MCDropReplica",
+    "build_app",
+    "app_builder",
+    "main",
+    "REPLICA_HEADER",
+    "DEPLOYMENT_NAME",
+    "APP_NAME",
+]
+
+log = logging.getLogger("mcdrop.service")
+
+REPLICA_HEADER = "x-mcdrop-replica"
+DEPLOYMENT_NAME = "mcdrop"
+APP_NAME = "mcdrop"
+RAY_PREFIX = ENV_PREFIX + "RAY_"
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How the service is spread over Ray Serve replicas; each field is
+    ``MCDROP_RAY_<FIELD NAME UPPERCASE>``.
+
+    Attributes
+    ----------
+    replicas : int or None
+        Fixed number of replicas (default 1). Mutually exclusive with ``autoscaling``.
+    max_ongoing : int
+        Requests one replica works on at once (Ray's ``max_ongoing_requests``). The
+        replica's own batcher merges them, so this should be at least the batch size you
+        want; it also bounds how long a request can wait inside the replica.
+    max_queued : int
+        Requests each proxy holds waiting for a free replica slot (Ray's
+        ``max_queued_requests``); beyond it the proxy answers 503 at once. -1: unbounded.
+    autoscaling : dict or None
+        Ray's ``autoscaling_config`` (JSON in the environment), e.g.
+        ``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16}``.
+    num_cpus : float
+        CPUs Ray reserves per replica (``ray_actor_options``); torch inside the replica
+        uses that many threads (Ray sets ``OMP_NUM_THREADS``).
+    address : str
+        Ray cluster for :func:`main`: ``local`` (default) starts a private one; anything
+        else is passed to ``ray.init(address=...)``.
+    app_name : str
+        Serve application name.
+    route_prefix : str
+        Where the app is mounted on the proxy.
+    """
+
+    replicas: int | None = None
+    max_ongoing: int = 32
+    max_queued: int = 256
+    autoscaling: dict[str, Any] | None = None
+    num_cpus: float = 1.0
+    address: str = "local"
+    app_name: str = APP_NAME
+    route_prefix: str = "/"
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError(
+                f"{RAY_PREFIX}REPLICAS and {RAY_PREFIX}AUTOSCALING are mutually exclusive: "
+                "autoscaling chooses the number of replicas; unset one of them"
+            )
+        if self.replicas is not None and self.replicas < 1:
+            raise ValueError(f"{RAY_PREFIX}REPLICAS must be at least 1, got {self.replicas!r}")
+        if self.max_ongoing < 1:
+            raise ValueError(
+                f"{RAY_PREFIX}MAX_ONGOING must be at least 1, got {self.max_ongoing!r}"
+            )
+        if self.max_queued < 1 and self.max_queued != -1:
+            raise ValueError(
+                f"{RAY_PREFIX}MAX_QUEUED must be at least 1 (or -1 for unbounded), "
+                f"got {self.max_queued!r}"
+            )
+        if self.autoscaling is not None and not isinstance(self.autoscaling, dict):
+            raise ValueError(f"{RAY_PREFIX}AUTOSCALING must be a JSON object")
+        if self.num_cpus < 0:
+            raise ValueError(f"{RAY_PREFIX}NUM_CPUS must be >= 0, got {self.num_cpus!r}")
+        if not self.route_prefix.startswith("/"):
+            raise ValueError(
+                f"{RAY_PREFIX}ROUTE_PREFIX must start with '/', got {self.route_prefix!r}"
+            )
+
+    @property
+    def num_replicas(self) -> int | str:
+        """Ray's ``num_replicas``: the fixed count, or ``"auto"`` under autoscaling."""
+        if self.autoscaling is not None:
+            return "auto"
+        return 1 if self.replicas is None else self.replicas
+
+    def with_overrides(self, **changes: Any) -> RaySettings:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RaySettings:
+        """Settings from ``MCDROP_RAY_*`` variables; unset ones keep their defaults.
+
+        Raises
+        ------
+        ValueError
+            A variable that does not parse, naming it and the value.
+        """
+        env = os.environ if environ is None else environ
+        parsers: dict[str, Callable[[str], Any]] = {
+            "replicas": int,
+            "max_ongoing": int,
+            "max_queued": int,
+            "autoscaling": _parse_json_object,
+            "num_cpus": float,
+            "address": str,
+            "app_name": str,
+            "route_prefix": str,
+        }
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = RAY_PREFIX + f.name.upper()
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[f.name] = parsers[f.name](raw.strip())
+            except ValueError as exc:
+                raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
+        return cls(**values)
+
+    @classmethod
+    def from_mapping(cls, args: Mapping[str, Any]) -> RaySettings:
+        """From already-typed values (a ``serve deploy`` config's ``args``)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in args.items() if k in known})
+
+
+def _parse_json_object(s: str) -> dict[str, Any]:
+    try:
+        value = json.loads(s)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError('expected a JSON object such as {"min_replicas": 1}')
+    return value
+
+
+# ------------------------------------------------------------------------------ replica
+
+
+class _ReplicaHeader:
+    """Adds ``x-mcdrop-replica: <replica id>`` to every HTTP response, so that clients
+    and tests can see which replica answered."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        self.app = app
+        self.value = replica_id.encode("latin-1", "replace")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.append((REPLICA_HEADER.encode(), self.value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def _replica_id() -> str:
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside a replica (unit use of the class)
+        return f"pid-{os.getpid()}"
+
+
+@serve.ingress()
+class MCDropReplica:
+    """One Serve replica: the mcdrop FastAPI app with its own models and batchers.
+
+    Parameters
+    ----------
+    settings : Settings
+        The service settings (models folder, batching, limits); the same for every replica.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from service.server import configure_logging
+
+        configure_logging(settings.log_level)
+        self._settings = settings
+        self._replica = _replica_id()
+        self._app: FastAPI | None = None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        # Called by Ray once per replica, after __init__ and before the lifespan startup.
+        from service.app import create_app
+
+        app = create_app(self._settings)
+        app.add_middleware(_ReplicaHeader, replica_id=self._replica)
+        self._app = app
+        return app
+
+    def diagnostics(self) -> dict[str, Any]:
+        """This replica's identity and state (callable through a deployment handle)."""
+        plane = self._app.state.plane if self._app is not None else None
+        batchers = sorted(
+            t.name for t in threading.enumerate() if t.name.startswith("mcdrop-batcher-")
+        )
+        return {
+            "replica": self._replica,
+            "pid": os.getpid(),
+            "models": sorted(plane.models) if plane is not None else [],
+            "failures": dict(plane.failures) if plane is not None else {},
+            "ready": bool(plane is not None and plane.ready),
+            "batcher_threads": batchers,
+        }
+
+    def __del__(self) -> None:
+        # Ray runs the app's lifespan shutdown (batchers drained) before this.
+        log.info("mcdrop replica %s stopped (pid %d)", self._replica, os.getpid())
+
+
+def build_app(settings: Settings | None = None, ray_settings: RaySettings | None = None) -> Any:
+    """A Ray Serve application serving ``settings.models_dir`` with ``create_app``.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Default: :meth:`Settings.from_env`. ``models_dir`` must be readable by every
+        replica (same path on every node: bake the models into the image or mount them).
+    ray_settings : RaySettings, optional
+        Default: :meth:`RaySettings.from_env`.
+
+    Returns
+    -------
+    ray.serve.Application
+        For ``serve.run(app, name=..., route_prefix=...)``.
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    rs = ray_settings if ray_settings is not None else RaySettings.from_env()
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "num_replicas": rs.num_replicas,
+        "max_ongoing_requests": rs.max_ongoing,
+        "max_queued_requests": rs.max_queued,
+        "ray_actor_options": {"num_cpus": rs.num_cpus},
+        # Let in-flight requests finish on scale-down / shutdown, as uvicorn does.
+        "graceful_shutdown_timeout_s": max(1.0, settings.drain_seconds),
+    }
+    if rs.autoscaling is not None:
+        options["autoscaling_config"] = rs.autoscaling
+    return serve.deployment(**options)(MCDropReplica).bind(settings)
+
+
+def app_builder(args: Mapping[str, Any]) -> Any:
+    """Builder for ``serve run`` / ``serve deploy`` (``service.ray_app:app_builder``).
+
+    ``args`` (the config's ``args:`` block) may set any :class:`Settings` field (e.g.
+    ``models_dir``, ``max_batch_rows``) and any :class:`RaySettings` field; unset fields
+    come from the ``MCDROP_*`` / ``MCDROP_RAY_*`` environment, then the defaults. The
+    config's ``deployments:`` section, when present, overrides the replica options again
+    (that is Ray's rule).
+    """
+    args = dict(args or {})
+    service_fields = {f.name for f in fields(Settings)}
+    ray_fields = {f.name for f in fields(RaySettings)}
+    unknown = sorted(set(args) - service_fields - ray_fields)
+    if unknown:
+        raise ValueError(
+            f"unknown args in the Serve config: {', '.join(unknown)} (known: Settings "
+            "fields such as models_dir, and RaySettings fields such as max_ongoing)"
+        )
+    svc = {k: v for k, v in args.items() if k in service_fields}
+    if "models_dir" in svc:
+        svc["models_dir"] = Path(str(svc["models_dir"])).expanduser()
+    if "cors_origins" in svc and isinstance(svc["cors_origins"], str):
+        svc["cors_origins"] = tuple(p.strip() for p in svc["cors_origins"].split(",") if p)
+    settings = Settings.from_env().with_overrides(**svc)
+    ray_over = {k: v for k, v in args.items() if k in ray_fields}
+    rs = RaySettings.from_env()
+    if "autoscaling" in ray_over:
+        rs = replace(rs, replicas=None)
+    elif "replicas" in ray_over:
+        rs = replace(rs, autoscaling=None)
+    return build_app(settings, rs.with_overrides(**ray_over))
+
+
+# ------------------------------------------------------------------------------ command
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mcdrop serve --engine ray",
+        description="Serve the models of a repository folder through Ray Serve replicas on "
+        "a local Ray instance (or MCDROP_RAY_ADDRESS). Options also read MCDROP_<OPTION> "
+        "and MCDROP_RAY_<OPTION>; the command line wins.",
+    )
+    p.add_argument("--engine", choices=["ray"], default="ray", help=argparse.SUPPRESS)
+    p.add_argument("--host", help="interface the Ray proxy listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port of the Ray proxy (default 8000)")
+    p.add_argument("--models-dir", type=Path, help="model repository folder (default: models/)")
+    p.add_argument("--replicas", type=int, help="replicas, each loading every model")
+    p.add_argument("--max-ongoing", type=int, help="requests per replica at once")
+    p.add_argument("--max-queued", type=int, help="requests queued before 503")
+    p.add_argument("--num-cpus", type=float, help="CPUs reserved per replica")
+    p.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
+    )
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the service on Ray Serve until SIGINT/SIGTERM.
+
+    Returns 0 after a clean shutdown, 2 on a configuration error (message on stderr).
+    """
+    from service.server import MANIFEST, configure_logging, find_model_folders
+
+    args = _parser().parse_args(list(argv))
+    try:
+        settings = Settings.from_env().with_overrides(
+            host=args.host, port=args.port, models_dir=args.models_dir, log_level=args.log_level
+        )
+        rs = RaySettings.from_env()
+        if args.replicas is not None:
+            rs = replace(rs, autoscaling=None)
+        rs = rs.with_overrides(
+            replicas=args.replicas,
+            max_ongoing=args.max_ongoing,
+            max_queued=args.max_queued,
+            num_cpus=args.num_cpus,
+        )
+    except ValueError as exc:
+        print(f"mcdrop serve: {exc}", file=sys.stderr)
+        return 2
+    root = Path(settings.models_dir).resolve()
+    if not find_model_folders(root):
+        print(
+            f"mcdrop serve: no models in {root}: expected one sub-folder per model with a "
+            f"{MANIFEST}. Train the default models or pass --models-dir FOLDER.",
+            file=sys.stderr,
+        )
+        return 2
+    settings = settings.with_overrides(models_dir=root)
+    configure_logging(settings.log_level)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: shutting down Ray Serve", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Replicas import service/ and mcdrop/ from this checkout when it is not installed.
+    src = str(Path(__file__).resolve().parent.parent)
+    ray.init(
+        address=rs.address,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": _pythonpath_with(src)}},
+        logging_level=logging.WARNING,
+    )
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_app(settings, rs), name=rs.app_name, route_prefix=rs.route_prefix)
+        log.info(
+            "mcdrop on Ray Serve: http://%s:%d%s, %s replica(s)",
+            settings.host, settings.port, rs.route_prefix.rstrip("/"), rs.num_replicas,
+        )  # fmt: skip
+        while not stop.wait(0.5):
+            pass
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    return 0
+
+
+def _pythonpath_with(path: str) -> str:
+    current = os.environ.get("PYTHONPATH", "")
+    parts = [p for p in current.split(os.pathsep) if p]
+    return os.pathsep.join([path, *[p for p in parts if p != path]])
