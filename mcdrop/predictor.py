@@ -353,7 +353,7 @@ class MCPredictor:
         return self._forward_segments(plan, [(g, keys, rows)])
 
     def _forward_segments(
-        self, plan: _Plan, segs: list[tuple[_Group, torch.Tensor, torch.Tensor | None]]
+        self, plan: _Plan, segs: Sequence[tuple[_Group, torch.Tensor, torch.Tensor | None]]
     ) -> Any:
         """One forward pass over several (group, unit keys, active rows) segments."""
         inputs: list[list[Any]] = []
