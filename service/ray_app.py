@@ -413,15 +413,16 @@ def main(argv: Sequence[str]) -> int:
         log.info("signal %d: shutting down Ray Serve", signum)
         stop.set()
 
+    init: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if rs.address == "local":
+        # Local replicas import service/ and mcdrop/ from this checkout even when it is
+        # not installed; a cluster's nodes need mcdrop installed (see deploy/ray/).
+        src = str(Path(__file__).resolve().parent.parent)
+        init["runtime_env"] = {"env_vars": {"PYTHONPATH": _pythonpath_with(src)}}
+    ray.init(address=rs.address, **init)
+    # After ray.init: Ray's core installs its own SIGTERM handler (it aborts the process),
+    # and ours must replace it so that SIGTERM shuts Serve down cleanly.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    # Replicas import service/ and mcdrop/ from this checkout when it is not installed.
-    src = str(Path(__file__).resolve().parent.parent)
-    ray.init(
-        address=rs.address,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": _pythonpath_with(src)}},
-        logging_level=logging.WARNING,
-    )
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings, rs), name=rs.app_name, route_prefix=rs.route_prefix)
@@ -431,6 +432,7 @@ def main(argv: Sequence[str]) -> int:
         )  # fmt: skip
         while not stop.wait(0.5):
             pass
+        log.info("stopping: replicas drain their queues (up to %.0f s)", settings.drain_seconds)
     finally:
         try:
             serve.shutdown()

@@ -14,7 +14,10 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -133,12 +136,7 @@ def ray_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServe]:
     - ``main`` at ``/``: 2 replicas of the tiny MLP + the default toy1d model;
     - ``slow`` at ``/slow``: 1 replica of a sleeping model, max_ongoing=1, max_queued=1.
     """
-    if _IMPORT_ERROR is not None:
-        pytest.fail(
-            f"Ray Serve is not importable ({_IMPORT_ERROR}); install the extra: "
-            "pip install 'mcdrop[ray]'",
-            pytrace=False,
-        )
+    _require_ray()
     base = tmp_path_factory.mktemp("ray")
     source = base / "arch.py"
     source.write_text(MODEL_SOURCE)
@@ -222,6 +220,98 @@ async def _in_process(repo: Path, path: str, body: dict[str, Any]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------ tests
+
+
+def _require_ray() -> None:
+    if _IMPORT_ERROR is not None:
+        pytest.fail(
+            f"Ray Serve is not importable ({_IMPORT_ERROR}); install the extra: "
+            "pip install 'mcdrop[ray]'",
+            pytrace=False,
+        )
+
+
+def test_ray_settings_from_env() -> None:
+    _require_ray()
+    rs = ray_app.RaySettings.from_env(
+        {
+            "MCDROP_RAY_MAX_ONGOING": "4",
+            "MCDROP_RAY_MAX_QUEUED": "-1",
+            "MCDROP_RAY_AUTOSCALING": '{"min_replicas": 1, "max_replicas": 3}',
+            "MCDROP_RAY_NUM_CPUS": "0.5",
+        }
+    )
+    assert (rs.max_ongoing, rs.max_queued, rs.num_cpus) == (4, -1, 0.5)
+    assert rs.autoscaling == {"min_replicas": 1, "max_replicas": 3}
+    assert rs.num_replicas == "auto"
+    assert ray_app.RaySettings.from_env({"MCDROP_RAY_REPLICAS": "3"}).num_replicas == 3
+    assert ray_app.RaySettings.from_env({}).num_replicas == 1
+    with pytest.raises(ValueError, match="MCDROP_RAY_AUTOSCALING"):
+        ray_app.RaySettings.from_env({"MCDROP_RAY_AUTOSCALING": "[1, 2]"})
+    with pytest.raises(ValueError, match="MCDROP_RAY_REPLICAS"):
+        ray_app.RaySettings.from_env({"MCDROP_RAY_REPLICAS": "two"})
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        ray_app.RaySettings(replicas=2, autoscaling={"max_replicas": 2})
+    with pytest.raises(ValueError, match="MCDROP_RAY_MAX_QUEUED"):
+        ray_app.RaySettings(max_queued=0)
+
+
+def test_app_builder_rejects_unknown_args() -> None:
+    _require_ray()
+    with pytest.raises(ValueError, match="unknown args in the Serve config: modles_dir"):
+        ray_app.app_builder({"modles_dir": "/models"})
+    app = ray_app.app_builder({"models_dir": str(ROOT / "models"), "replicas": 2})
+    assert app is not None
+
+
+def test_main_serves_until_sigterm(tmp_path: Path) -> None:
+    """What ``mcdrop serve --engine ray`` runs: serve, answer, exit 0 on SIGTERM."""
+    _require_ray()
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "toy1d", repo / "toy1d")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCDROP_", "RAY_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    temp_dir = Path(tempfile.mkdtemp(prefix="mcdrop-ray-", dir="/tmp"))
+    env["RAY_TMPDIR"] = str(temp_dir)  # a private Ray temp dir, like the fixture's
+    cmd = [
+        sys.executable, "-c",
+        "import sys; from service.ray_app import main; sys.exit(main(sys.argv[1:]))",
+        "--port", str(port), "--models-dir", str(repo), "--replicas", "1",
+        "--num-cpus", "0.5", "--log-level", "info",
+    ]  # fmt: skip
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log_file, stderr=log_file)
+        try:
+            deadline = time.monotonic() + 90
+            ready = False
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
+                    if r.status_code == 200:
+                        ready = True
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            assert ready, f"not ready (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}"
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/models/toy1d/predict",
+                json={"inputs": [[0.5]], "samples": 20, "seed": 1},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    assert rc == 0, log_path.read_text()[-3000:]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
 
 
 def test_predict_over_http_through_ray(ray_serve: RayServe) -> None:
