@@ -291,7 +291,8 @@ def predict_body(inputs: Any, samples: int | None, seed: int | None, return_samp
         payload["seed"] = _check_int(seed, "seed", 0, MAX_SEED)
     if return_samples:
         payload["return_samples"] = True
-    if _orjson is not None:
+    if _orjson is not None:  # orjson serialises only C-contiguous, native-endian arrays
+        payload["inputs"] = np.ascontiguousarray(payload["inputs"])
         return _orjson.dumps(payload, option=_orjson.OPT_SERIALIZE_NUMPY)
     # tolist() converts the whole array to Python floats in C, and json's C encoder writes
     # them; non-finite values were rejected above, allow_nan=False is a backstop.
