@@ -80,3 +80,12 @@ def test_core_imports_no_http_stack() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_client_and_schemas_import_without_torch() -> None:
+    code = (
+        "import sys, mcdrop, mcdrop.client, mcdrop.schemas;"
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, "importing mcdrop.client pulled in torch"
