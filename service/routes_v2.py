@@ -8,7 +8,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 import mcdrop
-from mcdrop.schemas import ErrorResponse, InferenceResponse, ModelMetadata, ServerMetadata
+from mcdrop.schemas import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+)
 from service.deps import get_plane, read_json, require_api_key
 from service.runtime import DataPlane
 
@@ -16,6 +22,39 @@ __all__ = ["router"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)
+}
+
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` references inlined.
+
+    Inside the OpenAPI document a ``#/$defs/...`` reference would point at the document's
+    root, where nothing is, so generated clients and fuzzers could not read the body.
+    """
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return dict(walk(schema))
+
+
+# The route reads the body itself (JSON-only checks, depth limit), so FastAPI cannot infer
+# it: document it here.
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline_defs(InferenceRequest.model_json_schema())}
+        },
+    }
 }
 
 router = APIRouter(tags=["v2"])
@@ -60,8 +99,15 @@ async def model_ready(
     return plane.model_ready(name, version)
 
 
-@models.post("/infer", response_model=InferenceResponse, responses=_ERRORS)
-@models.post("/versions/{version}/infer", response_model=InferenceResponse, responses=_ERRORS)
+@models.post(
+    "/infer", response_model=InferenceResponse, responses=_ERRORS, openapi_extra=_INFER_BODY
+)
+@models.post(
+    "/versions/{version}/infer",
+    response_model=InferenceResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_BODY,
+)
 async def infer(
     name: str, request: Request, version: str | None = None, plane: DataPlane = Depends(get_plane)
 ) -> JSONResponse:
