@@ -173,10 +173,12 @@ class LoadedModel:
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
-    def predictor(self) -> MCPredictor:
+    def predictor(self, **options: Any) -> MCPredictor:
         """The model's :class:`~mcdrop.MCPredictor` (built once, then cached).
 
-        Uses the manifest's ``default_samples``, ``task``, ``tau`` and ``max_samples``.
+        Uses the manifest's ``default_samples``, ``task``, ``tau`` and ``max_samples``;
+        ``options`` (``device``, ``precision``, ``max_rows``, ``devices``) are passed to
+        the constructor on the first call only.
         """
         with self._lock:
             if self._predictor is None:
@@ -187,6 +189,7 @@ class LoadedModel:
                     task=m.task,  # type: ignore[arg-type]
                     tau=m.tau,
                     max_samples=m.max_samples,
+                    **options,
                 )
             return self._predictor
 

@@ -25,7 +25,7 @@ from pydantic import ConfigDict, TypeAdapter
 
 import mcdrop
 from mcdrop.errors import ModelOutputError
-from mcdrop.predictor import MCRequest, Prediction
+from mcdrop.predictor import MCPredictor, MCRequest, Prediction
 from mcdrop.repository import LoadedModel, Manifest, load_repository
 from mcdrop.schemas import MAX_SEED, InferenceRequest, PredictRequest
 from service.batching import Batcher
@@ -219,11 +219,20 @@ class ModelRuntime:
         """Most rows one engine call takes."""
         return min(self.settings.max_batch_rows, self.manifest.max_batch_rows)
 
+    def _predictor(self) -> MCPredictor:
+        s = self.settings
+        device = s.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self.loaded.predictor(device=device, precision=s.precision)
+
     def warm_up(self) -> None:
         """One small prediction: builds the engine's plan before the first request."""
         m = self.manifest
         x = np.zeros((1, *m.input_shape), dtype=_NP_DTYPES[m.input_dtype])
-        pred = self.loaded.predictor().predict(x, samples=min(2, m.max_samples), seed=0)
+        pred = self._predictor().predict(x, samples=min(2, m.max_samples), seed=0)
         self._check_finite(pred)
 
     def start(self) -> None:
@@ -231,7 +240,7 @@ class ModelRuntime:
         s = self.settings
         self.batcher = Batcher(
             self.name,
-            self.loaded.predictor().predict_many,
+            self._predictor().predict_many,
             max_batch_rows=self.batch_rows,
             max_delay_s=s.max_queue_delay_ms / 1000.0,
             max_queue_size=s.max_queue_size,

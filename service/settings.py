@@ -57,6 +57,10 @@ class Settings:
         critical, error, warning, info or debug.
     workers : int
         uvicorn worker processes (each loads every model).
+    device : str
+        Where models run: "cpu", "cuda", "cuda:1", ... or "auto" (CUDA when available).
+    precision : str
+        Forward-pass precision of the engine: fp32, bf16 or fp16 (statistics stay float64).
     """
 
     models_dir: Path = DEFAULT_MODELS_DIR
@@ -74,8 +78,22 @@ class Settings:
     drain_seconds: float = 10.0
     log_level: str = "info"
     workers: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        _check(
+            self.precision,
+            self.precision in ("fp32", "bf16", "fp16"),
+            "precision",
+            "must be fp32, bf16 or fp16",
+        )
+        _check(
+            self.device,
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps", "xpu"),
+            "device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
         _check(self.port, 0 <= self.port <= 65535, "port", "must be in [0, 65535]")
         for name in ("max_body_bytes", "max_json_depth", "max_batch_rows", "max_queue_size"):
             _check(getattr(self, name), getattr(self, name) >= 1, name, "must be at least 1")
@@ -129,6 +147,8 @@ class Settings:
             "drain_seconds": float,
             "log_level": lambda s: s.strip().lower(),
             "workers": int,
+            "device": lambda s: s.strip().lower(),
+            "precision": lambda s: s.strip().lower(),
         }
         values: dict[str, Any] = {}
         for f in fields(cls):

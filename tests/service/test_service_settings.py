@@ -75,3 +75,12 @@ def test_serve_reports_bad_settings(
     monkeypatch.setenv("MCDROP_MAX_BODY_BYTES", "lots")
     assert cli_main(["serve"]) == 2
     assert "MCDROP_MAX_BODY_BYTES" in capsys.readouterr().err
+
+
+def test_device_and_precision_settings_parse_and_validate() -> None:
+    s = Settings.from_env({"MCDROP_DEVICE": "CPU", "MCDROP_PRECISION": "bf16"})
+    assert s.device == "cpu" and s.precision == "bf16"
+    with pytest.raises(ValueError, match="MCDROP_PRECISION"):
+        Settings.from_env({"MCDROP_PRECISION": "int8"})
+    with pytest.raises(ValueError, match="MCDROP_DEVICE"):
+        Settings.from_env({"MCDROP_DEVICE": "tpu"})
