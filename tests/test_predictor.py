@@ -427,3 +427,24 @@ def test_out_of_memory_halves_the_chunk_and_still_answers() -> None:
     model.limit = 3  # not even one sample of 4 rows fits: the error surfaces
     with pytest.raises(torch.OutOfMemoryError):
         MCPredictor(model, samples=8).predict(x, seed=2)
+
+
+def test_conv_input_and_trailing_output_shape() -> None:
+    class ConvHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, padding=1)
+            self.drop = nn.Dropout2d(0.25)
+            self.out = nn.Conv2d(4, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.drop(torch.relu(self.conv(x)))).mean(-1)  # (B, 3, H)
+
+    model = ConvHead()
+    x = torch.randn(2, 2, 5, 6)
+    out = MCPredictor(model, samples=16).predict(x, seed=4, return_samples=True)
+    assert out.mean.shape == (2, 3, 5) and out.draws.shape == (16, 2, 3, 5)
+    assert torch.allclose(out.mean, out.draws.double().mean(0), atol=1e-6)
+    assert torch.allclose(out.variance, out.draws.double().var(0), atol=1e-6)
+    alone = MCPredictor(model, samples=16).predict(x[1:], seed=4)
+    assert torch.allclose(alone.mean[0], out.mean[1], atol=1e-6)
