@@ -266,6 +266,8 @@ class MCDropReplica:
     def diagnostics(self) -> dict[str, Any]:
         """This replica's identity and state (callable through a deployment handle)."""
         plane = self._app.state.plane if self._app is not None else None
+        import torch
+
         batchers = sorted(
             t.name for t in threading.enumerate() if t.name.startswith("mcdrop-batcher-")
         )
@@ -276,6 +278,7 @@ class MCDropReplica:
             "failures": dict(plane.failures) if plane is not None else {},
             "ready": bool(plane is not None and plane.ready),
             "batcher_threads": batchers,
+            "torch_threads": torch.get_num_threads(),
         }
 
     def __del__(self) -> None:
