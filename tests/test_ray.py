@@ -264,6 +264,20 @@ def test_app_builder_rejects_unknown_args() -> None:
     assert app is not None
 
 
+def test_shipped_serve_config_is_valid() -> None:
+    """deploy/ray/serve_config.yaml passes Ray's own schema and its args build the app."""
+    _require_ray()
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((ROOT / "deploy" / "ray" / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    assert app.import_path == "service.ray_app:app_builder"
+    assert [d.name for d in app.deployments] == [ray_app.DEPLOYMENT_NAME]
+    assert ray_app.app_builder({**app.args, "models_dir": str(ROOT / "models")}) is not None
+
+
 def test_main_serves_until_sigterm(tmp_path: Path) -> None:
     """What ``mcdrop serve --engine ray`` runs: serve, answer, exit 0 on SIGTERM."""
     _require_ray()
