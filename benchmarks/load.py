@@ -1,0 +1,409 @@
+#!/usr/bin/env python3
+"""Service load benchmark (issue #7): the real ``mcdrop serve`` on 127.0.0.1 under a bounded
+async httpx load, with dynamic batching on and off in the same run, then past saturation.
+
+    python benchmarks/load.py                       # digits, S = 100, concurrency 1 8 32 128
+    python benchmarks/load.py --quick               # a short smoke run
+    python benchmarks/load.py --models-dir DIR --model NAME --samples 50
+
+For each concurrency it reports throughput (answered requests/s), p50/p95/p99 latency,
+errors by status and what the batcher did (engine calls, rows per call, from /metrics).
+Then a server with a small queue (MCDROP_MAX_QUEUE_SIZE) is driven at concurrency 256:
+the excess must get a fast 503, not an ever longer wait. Targets are printed PASS/FAIL;
+the output ends with a markdown table and one JSON line.
+
+Every phase stops at a request count or a time limit, whichever comes first. The load
+generator runs on the same machine as the server: on a small CPU it takes a share of it.
+The helpers here are also used by soak.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = ROOT / "models"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A ``python -m mcdrop.cli serve`` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(models_dir: Path, env: dict[str, str], ready_timeout: float = 90.0) -> Server:
+    """Start the server with ``MCDROP_*`` settings ``env``; wait (bounded) for /health/ready."""
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
+    full.update(env)
+    full.setdefault("MCDROP_LOG_LEVEL", "warning")  # no access line per request
+    full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
+    log_path = Path(tempfile.mkstemp(prefix="mcdrop-bench-", suffix=".log")[1])
+    cmd = [sys.executable, "-m", "mcdrop.cli", "serve", "--port", str(port),
+           "--models-dir", str(models_dir)]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(server.url + "/health/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    server.stop()
+    raise RuntimeError(f"server not ready in {ready_timeout} s: {log_path.read_text()[-2000:]}")
+
+
+def sample_row(models_dir: Path, model: str, shape: list[int]) -> list[Any]:
+    """The first row of the model's test.csv when there is one, else zeros."""
+    path = models_dir / model / "test.csv"
+    n = 1
+    for d in shape:
+        n *= d
+    if path.is_file() and len(shape) == 1:
+        with open(path) as f:
+            reader = csv.reader(f)
+            next(reader)
+            row = [float(v) for v in next(reader)][:n]
+        if len(row) == n:
+            return row
+    return [0.0] * n
+
+
+# ------------------------------------------------------------------ load
+
+
+@dataclass
+class PhaseResult:
+    """What one load phase measured (latencies in seconds)."""
+
+    concurrency: int
+    elapsed: float
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return sum(self.statuses.values())
+
+    def ok(self) -> list[float]:
+        return self.latencies.get("200", [])
+
+    def throughput(self) -> float:
+        """Answered-200 requests per second."""
+        return len(self.ok()) / self.elapsed if self.elapsed > 0 else 0.0
+
+    def pct(self, q: float, status: str = "200") -> float:
+        xs = sorted(self.latencies.get(status, []))
+        if not xs:
+            return float("nan")
+        i = min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))
+        return xs[i]
+
+
+async def run_phase(
+    url: str,
+    path: str,
+    payload: dict[str, Any],
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    request_timeout: float = 60.0,
+) -> PhaseResult:
+    """``concurrency`` closed-loop clients until ``max_requests`` are sent or ``max_seconds``
+    have passed (whichever first); each client keeps one request in flight."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    res = PhaseResult(concurrency, 0.0)
+    sent = 0
+    stop_at = time.monotonic() + max_seconds
+
+    async def client(c: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < max_requests and time.monotonic() < stop_at:
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                r = await c.post(path, json=payload)
+                key = str(r.status_code)
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            res.statuses[key] += 1
+            res.latencies.setdefault(key, []).append(time.perf_counter() - t0)
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=request_timeout) as c:
+        start = time.perf_counter()
+        await asyncio.wait_for(
+            asyncio.gather(*(client(c) for _ in range(concurrency))),
+            max_seconds + request_timeout + 10,
+        )
+        res.elapsed = time.perf_counter() - start
+    return res
+
+
+# ------------------------------------------------------------------ metrics and /proc
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (histogram buckets left out)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or "_bucket{" in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def batch_stats(before: dict[str, float], after: dict[str, float], model: str) -> dict[str, float]:
+    """Engine calls, mean rows and requests per call between two scrapes."""
+
+    def d(name: str) -> float:
+        key = f'{name}{{model="{model}"}}'
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    calls = d("mcdrop_batch_rows_count")
+    return {
+        "engine_calls": calls,
+        "rows_per_call": d("mcdrop_batch_rows_sum") / calls if calls else 0.0,
+        "requests_per_call": d("mcdrop_batch_requests_sum") / calls if calls else 0.0,
+        "compute_s_per_call": d("mcdrop_batch_compute_seconds_sum") / calls if calls else 0.0,
+        "queue_wait_s_mean": (
+            d("mcdrop_queue_wait_seconds_sum") / d("mcdrop_queue_wait_seconds_count")
+            if d("mcdrop_queue_wait_seconds_count")
+            else 0.0
+        ),
+    }
+
+
+def proc_figures(pid: int) -> dict[str, int]:
+    """Resident memory (kB, VmRSS), open file descriptors and threads of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+    threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return {"rss_kb": rss, "fds": fds, "threads": threads}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the stack under test (imported here only to read them)."""
+    import fastapi
+    import torch
+    import uvicorn
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "fastapi": fastapi.__version__,
+        "uvicorn": uvicorn.__version__,
+        "httpx": httpx.__version__,
+        "cpus": str(os.cpu_count()),
+    }
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+def _fmt_ms(x: float) -> str:
+    return "n/a" if x != x else f"{x * 1000:.1f}"
+
+
+def _phase_row(mode: str, r: PhaseResult, b: dict[str, float]) -> dict[str, Any]:
+    errors = {k: v for k, v in r.statuses.items() if k != "200"}
+    return {
+        "mode": mode,
+        "concurrency": r.concurrency,
+        "requests": r.count,
+        "seconds": round(r.elapsed, 2),
+        "rps": round(r.throughput(), 1),
+        "p50_ms": round(r.pct(50) * 1000, 1),
+        "p95_ms": round(r.pct(95) * 1000, 1),
+        "p99_ms": round(r.pct(99) * 1000, 1),
+        "errors": errors,
+        "rows_per_call": round(b["rows_per_call"], 1),
+        "compute_ms_per_call": round(b["compute_s_per_call"] * 1000, 2),
+        "queue_wait_ms": round(b["queue_wait_s_mean"] * 1000, 2),
+    }
+
+
+async def _drive(
+    server: Server, model: str, payload: dict[str, Any], mode: str, args: Any
+) -> list[dict[str, Any]]:
+    path = f"/v1/models/{model}/predict"
+    warm = await run_phase(server.url, path, payload, 4, 40, 10)  # JIT-free, but warms caches
+    assert warm.statuses.get("200", 0) > 0, f"warm-up failed: {dict(warm.statuses)}"
+    rows = []
+    for c in args.concurrency:
+        before = scrape(server.url)
+        r = await run_phase(
+            server.url, path, payload, c, max(args.requests, 4 * c), args.seconds
+        )
+        b = batch_stats(before, scrape(server.url), model)
+        row = _phase_row(mode, r, b)
+        rows.append(row)
+        print(
+            f"  {mode:>12} c={c:<4} {row['requests']:>6} req  {row['rps']:>8} req/s  "
+            f"p50 {row['p50_ms']} p95 {row['p95_ms']} p99 {row['p99_ms']} ms  "
+            f"rows/call {row['rows_per_call']}  errors {row['errors'] or 0}",
+            flush=True,
+        )
+    return rows
+
+
+async def _saturate(server: Server, model: str, payload: dict[str, Any], args: Any) -> dict:
+    path = f"/v1/models/{model}/predict"
+    await run_phase(server.url, path, payload, 4, 20, 10)
+    before = scrape(server.url)
+    r = await run_phase(
+        server.url, path, payload, args.saturation_concurrency,
+        max(args.requests, 8 * args.saturation_concurrency), args.seconds,
+    )  # fmt: skip
+    b = batch_stats(before, scrape(server.url), model)
+    return {
+        **_phase_row("saturation", r, b),
+        "queue_size": args.saturation_queue,
+        "n_503": r.statuses.get("503", 0),
+        "p50_503_ms": round(r.pct(50, "503") * 1000, 1),
+        "p95_503_ms": round(r.pct(95, "503") * 1000, 1),
+        "max_503_ms": round(max(r.latencies.get("503", [float("nan")])) * 1000, 1),
+        "max_200_ms": round(max(r.ok() or [float("nan")]) * 1000, 1),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| batching | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | rows/engine call "
+        "| errors |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = ""
+    for r in rows:
+        errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0"
+        body += (
+            f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['rps']} | {r['p50_ms']} "
+            f"| {r['p95_ms']} | {r['p99_ms']} | {r['rows_per_call']} | {errs} |\n"
+        )
+    return head + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS)
+    p.add_argument("--model", default="digits")
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    p.add_argument("--requests", type=int, default=1500, help="most requests per phase")
+    p.add_argument("--seconds", type=float, default=15.0, help="most seconds per phase")
+    p.add_argument("--saturation-concurrency", type=int, default=256)
+    p.add_argument("--saturation-queue", type=int, default=16, help="MCDROP_MAX_QUEUE_SIZE")
+    p.add_argument("--queue-delay-ms", type=float, default=None,
+                   help="MCDROP_MAX_QUEUE_DELAY_MS (default: the service's)")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="few requests per phase (smoke run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.seconds = 120, 5.0
+    models_dir = args.models_dir.resolve()
+    base_env: dict[str, str] = {}
+    if args.queue_delay_ms is not None:
+        base_env["MCDROP_MAX_QUEUE_DELAY_MS"] = str(args.queue_delay_ms)
+
+    print(f"load benchmark: {args.model}, S = {args.samples}, {versions()}", flush=True)
+    rows: list[dict[str, Any]] = []
+    payload: dict[str, Any] = {}
+    for mode, extra in (("on", {}), ("off", {"MCDROP_BATCHING": "false"})):
+        with start_server(models_dir, {**base_env, **extra}) as server:
+            meta = httpx.get(f"{server.url}/v1/models/{args.model}", timeout=10).json()
+            row = sample_row(models_dir, args.model, meta["input_shape"])
+            payload = {"inputs": [row], "samples": args.samples}
+            rows += asyncio.run(_drive(server, args.model, payload, mode, args))
+    sat_env = {**base_env, "MCDROP_MAX_QUEUE_SIZE": str(args.saturation_queue)}
+    with start_server(models_dir, sat_env) as server:
+        sat = asyncio.run(_saturate(server, args.model, payload, args))
+    print(
+        f"  saturation c={args.saturation_concurrency} queue={args.saturation_queue}: "
+        f"{sat['requests']} req, {sat['rps']} ok/s, 503: {sat['n_503']} "
+        f"(p50 {sat['p50_503_ms']} p95 {sat['p95_503_ms']} max {sat['max_503_ms']} ms), "
+        f"200 p95 {sat['p95_ms']} max {sat['max_200_ms']} ms, other errors "
+        f"{ {k: v for k, v in sat['errors'].items() if k != '503'} or 0}",
+        flush=True,
+    )
+
+    by = {(r["mode"], r["concurrency"]): r for r in rows}
+    targets: dict[str, bool] = {}
+    if ("on", 32) in by and ("off", 32) in by:
+        on, off = by[("on", 32)], by[("off", 32)]
+        targets["c32_throughput_4x"] = on["rps"] >= 4 * off["rps"]
+        targets["c32_p95_no_worse"] = on["p95_ms"] <= off["p95_ms"]
+    # Past saturation: the excess is refused fast, and the accepted requests' latency stays
+    # bounded by the queue (not by the number of clients).
+    targets["saturation_503_fast"] = sat["n_503"] > 0 and sat["p95_503_ms"] <= 250
+    targets["saturation_200_bounded"] = sat["max_200_ms"] <= 5000
+    other = sum(sum(r["errors"].values()) for r in rows)
+    other += sum(v for k, v in sat["errors"].items() if k != "503")
+    targets["no_other_errors"] = other == 0
+
+    print()
+    print(_table(rows + [sat]))
+    for name, ok in targets.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    if ("on", 32) in by and ("off", 32) in by:
+        ratio = by[("on", 32)]["rps"] / max(by[("off", 32)]["rps"], 1e-9)
+        print(f"c=32 throughput ratio on/off: {ratio:.2f}x")
+    result = {
+        "bench": "load", "model": args.model, "samples": args.samples,
+        "versions": versions(), "phases": rows, "saturation": sat, "targets": targets,
+    }  # fmt: skip
+    print(json.dumps(result, separators=(",", ":")))
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
