@@ -3,9 +3,13 @@
 
 Every configuration serves the same model folder with the same app and is driven by the same
 closed-loop load: ``--concurrency`` clients (one httpx.AsyncClient, keep-alive), each sending
-its next request as soon as the previous one is answered, ``--requests`` requests per round,
-``--rounds`` rounds after a warm-up. Printed per configuration: median requests/s over the
-rounds with min-max spread, and p50/p95 latency over all measured requests.
+its next request as soon as the previous one is answered, ``--requests`` requests per round.
+All four servers are started first and stay up (an idle server costs no CPU); the rounds are
+then interleaved (round 1 of each configuration, round 2 of each, ...), so that load from
+other users of the machine falls on every configuration alike. Printed per configuration:
+median requests/s over the rounds with min-max spread, p50/p95 latency over all measured
+requests, and the median over rounds of the paired ratios 2 workers / 1 worker and
+2 replicas / 1 replica.
 
     python benchmarks/ray_scaling.py                     # digits, S=100, 1 row, c=16
     python benchmarks/ray_scaling.py --model toy1d --rows 8 --only ray
@@ -33,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,23 +128,22 @@ async def _round(
     return len(latencies) / elapsed, latencies, errors
 
 
-def measure(name: str, base_url: str, args: argparse.Namespace, note: str = "") -> Result:
-    url = f"{base_url}/v1/models/{args.model}/predict"
+def run_rounds(targets: dict[str, str], args: argparse.Namespace) -> dict[str, Result]:
+    """Warm every target up, then ``args.rounds`` interleaved rounds over all targets."""
     body = {"inputs": _rows(args.model, args.rows), "samples": args.samples}
-    asyncio.run(_round(url, body, args.warmup, args.concurrency, args.max_seconds))
-    rps: list[float] = []
-    lat: list[float] = []
-    errors = 0
+    path = f"/v1/models/{args.model}/predict"
+    results = {name: Result(name, [], [], 0) for name in targets}
+    for base in targets.values():
+        asyncio.run(_round(base + path, body, args.warmup, args.concurrency, args.max_seconds))
     for _ in range(args.rounds):
-        r, latencies, e = asyncio.run(
-            _round(url, body, args.requests, args.concurrency, args.max_seconds)
-        )
-        rps.append(r)
-        lat.extend(latencies)
-        errors += e
-    result = Result(name, rps, lat, errors, note)
-    print(result.row(), flush=True)
-    return result
+        for name, base in targets.items():
+            rps, latencies, errors = asyncio.run(
+                _round(base + path, body, args.requests, args.concurrency, args.max_seconds)
+            )
+            results[name].rps.append(rps)
+            results[name].latencies_ms.extend(latencies)
+            results[name].errors += errors
+    return results
 
 
 @contextmanager
@@ -198,7 +201,7 @@ def ray_serve(num_cpus: int) -> Iterator[str]:
 
 
 def deploy(models_dir: Path, replicas: int, args: argparse.Namespace) -> str:
-    """(Re)deploy the mcdrop app with ``replicas``; returns a note with the torch threads."""
+    """Deploy the mcdrop app with ``replicas`` at ``/r<replicas>``; returns a note."""
     from ray import serve
 
     from service.ray_app import DEPLOYMENT_NAME, RaySettings, build_app
@@ -206,10 +209,11 @@ def deploy(models_dir: Path, replicas: int, args: argparse.Namespace) -> str:
 
     settings = Settings(models_dir=models_dir, log_level="warning")
     rs = RaySettings(replicas=replicas, num_cpus=args.replica_cpus, max_ongoing=64, max_queued=1024)
-    serve.run(build_app(settings, rs), name="mcdrop", route_prefix="/")
-    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name="mcdrop")
-    threads = {handle.diagnostics.remote().result(timeout_s=30)["torch_threads"] for _ in range(8)}
-    return f"torch threads/replica {sorted(threads)}"
+    name = f"r{replicas}"
+    serve.run(build_app(settings, rs), name=name, route_prefix=f"/{name}")
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name)
+    infos = [handle.diagnostics.remote().result(timeout_s=30) for _ in range(4 * replicas)]
+    return f"torch threads/replica {sorted({i['torch_threads'] for i in infos})}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,25 +248,39 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mcdrop-bench-"))
     models_dir = work / "models"
     shutil.copytree(ROOT / "models" / args.model, models_dir / args.model)
-    results: list[Result] = []
+    targets: dict[str, str] = {}
+    notes: dict[str, str] = {}
     try:
-        if args.only in (None, "uvicorn"):
-            for workers in (1, 2):
-                with uvicorn_server(models_dir, workers) as url:
-                    results.append(measure(f"uvicorn {workers} worker(s)", url, args))
-        if args.only in (None, "ray"):
-            with ray_serve(num_cpus=cores) as url:
+        with ExitStack() as stack:
+            if args.only in (None, "uvicorn"):
+                for workers in (1, 2):
+                    url = stack.enter_context(uvicorn_server(models_dir, workers))
+                    targets[f"uvicorn {workers} worker(s)"] = url
+            if args.only in (None, "ray"):
+                # Both apps stay deployed (1 + 2 replicas): Ray gets one logical CPU per
+                # replica; only one app is under load at a time.
+                url = stack.enter_context(ray_serve(num_cpus=math.ceil(3 * args.replica_cpus)))
                 for replicas in (1, 2):
-                    note = deploy(models_dir, replicas, args)
-                    _wait_ready(url, 60)
-                    results.append(measure(f"ray {replicas} replica(s)", url, args, note))
+                    name = f"ray {replicas} replica(s)"
+                    notes[name] = deploy(models_dir, replicas, args)
+                    targets[name] = f"{url}/r{replicas}"
+                    _wait_ready(targets[name], 60)
+            by_name = run_rounds(targets, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = next((r for r in results if r.name.startswith("ray 1")), None)
-    top = next((r for r in results if r.name.startswith("ray 2")), None)
-    if base and top:
-        ratio = statistics.median(top.rps) / statistics.median(base.rps)
-        print(f"ray 2 replicas / 1 replica: {ratio:.2f}x requests/s")
+    results = list(by_name.values())
+    for r in results:
+        r.note = notes.get(r.name, "")
+        print(r.row())
+    for a, b in (("uvicorn 2", "uvicorn 1"), ("ray 2", "ray 1")):
+        top = next((r for r in results if r.name.startswith(a)), None)
+        base = next((r for r in results if r.name.startswith(b)), None)
+        if top and base:
+            ratios = [t / u for t, u in zip(top.rps, base.rps)]
+            print(
+                f"{top.name} / {base.name}: {statistics.median(ratios):.2f}x requests/s "
+                f"(per round {', '.join(f'{x:.2f}' for x in ratios)})"
+            )
     if args.json:
         args.json.write_text(
             json.dumps(
