@@ -231,6 +231,17 @@ def _require_ray() -> None:
         )
 
 
+def test_import_without_ray_names_the_extra() -> None:
+    """Without Ray, importing the engine fails with the install command in the message."""
+    code = "import sys; sys.modules['ray'] = None; import service.ray_app"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "pip install 'mcdrop[ray]'" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_ray_settings_from_env() -> None:
     _require_ray()
     rs = ray_app.RaySettings.from_env(
