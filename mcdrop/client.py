@@ -227,8 +227,8 @@ class Client(ClientBase):
         seed : int, optional
             Makes the answer reproducible; the answer's ``seed`` can be sent back.
         return_samples : bool
-            Ask for the raw draws (``PredictResult.draws``). The v1 API of this version has
-            no such option, so True raises :class:`InputError` without sending anything.
+            Also return the raw draws as ``PredictResult.draws`` (S, B, *O); logits for
+            classifiers. The server caps an answer at 1,000,000 such numbers.
 
         Returns
         -------

@@ -72,3 +72,4 @@ class MCRequest:
     inputs: Any
     samples: int | None = None
     seed: int | None = None
+    return_samples: bool = False

@@ -61,6 +61,7 @@ class _Group:
     done: int = 0
     rows: torch.Tensor | None = None  # active rows (adaptive), None = all
     start: int = 0  # first sample index (a device's share of a sharded request)
+    keep: bool = False  # keep the raw draws of this request
 
 
 def _validate_samples(samples: Any, name: str = "samples") -> int:
@@ -269,7 +270,9 @@ class MCPredictor:
                         raise InvalidInputError(
                             f"samples must be at most {self.max_samples}, got {s}"
                         )
-                    groups.append(_Group(xt, _validate_seed(r.seed), s))
+                    groups.append(
+                        _Group(xt, _validate_seed(r.seed), s, keep=bool(r.return_samples))
+                    )
                 except InvalidInputError as exc:
                     raise InvalidInputError(f"request {i}: {exc}") from exc
             if not groups:
@@ -453,7 +456,11 @@ class MCPredictor:
             for i, rep in enumerate(self._replicas):
                 if bounds[i + 1] > bounds[i]:
                     part = _Group(
-                        g.x.to(rep.device), g.seed, bounds[i + 1] - bounds[i], start=bounds[i]
+                        g.x.to(rep.device),
+                        g.seed,
+                        bounds[i + 1] - bounds[i],
+                        start=bounds[i],
+                        keep=g.keep,
                     )
                     shards[i].append(part)
                     owned[gi].append(part)
@@ -543,7 +550,7 @@ class MCPredictor:
             part: Any = main[offset : offset + n]
             if logvar is not None:
                 part = (part, logvar[offset : offset + n])
-            self._fold(g, part, s1 - s0, None, keep)
+            self._fold(g, part, s1 - s0, None, keep or g.keep)
             offset += n
         for g, _, s1 in segs:
             g.done = max(g.done, s1)

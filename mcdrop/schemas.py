@@ -102,6 +102,10 @@ class PredictRequest(_Strict):
         le=MAX_SEED,
         description="same seed + same input -> same numbers; random when omitted",
     )
+    return_samples: bool = Field(
+        default=False,
+        description="also return the raw draws (S, B, *output_shape); logits for classifiers",
+    )
 
 
 class PredictResponse(_Open):
@@ -109,7 +113,8 @@ class PredictResponse(_Open):
 
     Classification adds ``probs`` (B, C), ``predictive_entropy``, ``expected_entropy``,
     ``mutual_information`` and ``variation_ratio`` (B,) (entropies in nats); regression
-    adds ``epistemic_variance`` and ``aleatoric_variance``.
+    adds ``epistemic_variance`` and ``aleatoric_variance``. ``draws`` (S, B, *output_shape)
+    is there when the request asked for ``return_samples``.
     """
 
     model: str
@@ -126,6 +131,7 @@ class PredictResponse(_Open):
     expected_entropy: list[Any] | None = None
     mutual_information: list[Any] | None = None
     variation_ratio: list[Any] | None = None
+    draws: list[Any] | None = None
 
 
 class ModelInfo(_Open):

@@ -33,6 +33,8 @@ from service.errors import BadRequest, ModelNotReady, NotFound, Unprocessable
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
+MAX_RETURNED_DRAWS = 1_000_000  # numbers one v1 answer may carry as raw draws
+
 __all__ = ["DataPlane", "ModelRuntime", "parse_json", "validate_body", "describe_error"]
 
 log = logging.getLogger("mcdrop.service")
@@ -345,11 +347,20 @@ class ModelRuntime:
 
     # -------------------------------------------------------------- predictions
 
-    async def predict(self, x: np.ndarray, samples: int, seed: int | None) -> Prediction:
+    async def predict(
+        self, x: np.ndarray, samples: int, seed: int | None, return_samples: bool = False
+    ) -> Prediction:
         """Queue the validated rows and wait for the engine's answer."""
         if not self.ready or self.batcher is None:
             raise ModelNotReady(f"model '{self.name}' is not ready; retry shortly")
-        request = MCRequest(x, samples, seed)
+        if return_samples:
+            n = samples * len(x) * math.prod(self.manifest.output_shape)
+            if n > MAX_RETURNED_DRAWS:
+                raise Unprocessable(
+                    f"return_samples would send {n:,} numbers (samples x rows x outputs); "
+                    f"at most {MAX_RETURNED_DRAWS:,}: ask for fewer samples or rows"
+                )
+        request = MCRequest(x, samples, seed, return_samples)
         return await self.batcher.submit(request, len(x), self.settings.request_timeout_s)
 
     def output_fields(self) -> tuple[str, ...]:
@@ -376,6 +387,11 @@ class ModelRuntime:
         body: dict[str, Any] = {"model": self.name, "samples": pred.samples, "seed": pred.seed}
         for name, arr in self._check_finite(pred).items():
             body[name] = arr.tolist()
+        if pred.draws is not None:
+            draws = pred.draws.detach().cpu().numpy()
+            if not np.isfinite(draws).all():
+                raise ModelOutputError("its raw draws are not finite")
+            body["draws"] = draws.tolist()
         return body
 
     def info(self) -> dict[str, Any]:
@@ -661,7 +677,7 @@ class DataPlane:
         req = validate_body(PredictRequest, body)
         x = rt.rows_from_json(req.inputs)
         samples = rt.check_samples(req.samples)
-        pred = await rt.predict(x, samples, req.seed)
+        pred = await rt.predict(x, samples, req.seed, req.return_samples)
         return rt.v1_response(pred)
 
     async def infer_v2(self, name: str, body: Any, version: str | None = None) -> dict[str, Any]:

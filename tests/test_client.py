@@ -257,11 +257,13 @@ def test_numpy_integer_seed_is_accepted():
     assert rec.bodies[0]["seed"] == 5 and rec.bodies[0]["samples"] == 10
 
 
-def test_return_samples_is_refused_clearly_while_the_api_lacks_it():
-    rec = Recorder(ok(REGRESSION))
-    with client_for(rec) as c, pytest.raises(InputError, match="raw Monte Carlo draws"):
-        c.predict("m", [[1.0]], return_samples=True)
-    assert not rec.requests
+def test_return_samples_is_sent_and_draws_parsed():
+    answer = dict(REGRESSION, draws=[[[1.0]], [[3.0]]])
+    rec = Recorder(ok(answer))
+    with client_for(rec) as c:
+        res = c.predict("m", [[1.0]], samples=2, return_samples=True)
+    assert rec.bodies[0]["return_samples"] is True
+    assert res.draws is not None and res.draws.shape == (2, 1, 1)
 
 
 # ----------------------------------------------------------------------------- error mapping
@@ -584,6 +586,21 @@ def test_service_every_method(server_url):
         unseeded = c.predict("toy1d", [[0.0]], samples=8)
         again = c.predict("toy1d", [[0.0]], samples=8, seed=unseeded.seed)
         np.testing.assert_array_equal(unseeded.mean, again.mean)
+
+
+def test_service_returns_raw_draws_on_request(server_url):
+    with Client(server_url) as c:
+        x = np.array([[0.0], [2.0], [5.0]])
+        res = c.predict("toy1d", x, samples=40, seed=3, return_samples=True)
+        assert res.draws is not None and res.draws.shape == (40, 3, 1)
+        np.testing.assert_allclose(res.draws.mean(axis=0), res.mean, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(res.draws.var(axis=0, ddof=1), res.epistemic_variance,
+                                   rtol=1e-4, atol=1e-7)  # fmt: skip
+        plain = c.predict("toy1d", x, samples=40, seed=3)
+        assert plain.draws is None
+        np.testing.assert_array_equal(plain.mean, res.mean)
+        with pytest.raises(BadRequestError, match="return_samples"):
+            c.predict("toy1d", np.zeros((1001, 1)), samples=1000, return_samples=True)
 
 
 def test_service_error_mapping(server_url):

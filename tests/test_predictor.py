@@ -448,3 +448,13 @@ def test_conv_input_and_trailing_output_shape() -> None:
     assert torch.allclose(out.variance, out.draws.double().var(0), atol=1e-6)
     alone = MCPredictor(model, samples=16).predict(x[1:], seed=4)
     assert torch.allclose(alone.mean[0], out.mean[1], atol=1e-6)
+
+
+def test_predict_many_returns_draws_only_for_requests_that_ask() -> None:
+    pred = MCPredictor(classifier(), samples=12, task="classification", max_rows=20)
+    x = torch.randn(3, 5)
+    a, b = pred.predict_many([MCRequest(x, 12, 1, return_samples=True), MCRequest(x[:1], 5, 2)])
+    alone = pred.predict(x, samples=12, seed=1, return_samples=True)
+    assert a.draws is not None and a.draws.shape == (12, 3, 4)
+    assert torch.allclose(a.draws, alone.draws, atol=1e-6)
+    assert b.draws is None
