@@ -186,12 +186,6 @@ class RaySettings:
                 raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
         return cls(**values)
 
-    @classmethod
-    def from_mapping(cls, args: Mapping[str, Any]) -> RaySettings:
-        """From already-typed values (a ``serve deploy`` config's ``args``)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in args.items() if k in known})
-
 
 def _parse_json_object(s: str) -> dict[str, Any]:
     try:
@@ -265,9 +259,9 @@ class MCDropReplica:
 
     def diagnostics(self) -> dict[str, Any]:
         """This replica's identity and state (callable through a deployment handle)."""
-        plane = self._app.state.plane if self._app is not None else None
         import torch
 
+        plane = self._app.state.plane if self._app is not None else None
         batchers = sorted(
             t.name for t in threading.enumerate() if t.name.startswith("mcdrop-batcher-")
         )
@@ -283,7 +277,8 @@ class MCDropReplica:
 
     def __del__(self) -> None:
         # Ray runs the app's lifespan shutdown (batchers drained) before this.
-        log.info("mcdrop replica %s stopped (pid %d)", self._replica, os.getpid())
+        replica = getattr(self, "_replica", "?")  # __init__ may have failed
+        log.info("mcdrop replica %s stopped (pid %d)", replica, os.getpid())
 
 
 def build_app(settings: Settings | None = None, ray_settings: RaySettings | None = None) -> Any:
