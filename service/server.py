@@ -74,14 +74,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, help="model repository folder (default: models/)")
     p.add_argument("--workers", type=int, help="worker processes, each loading every model")
     p.add_argument(
+        "--engine",
+        choices=["uvicorn", "ray"],
+        default="uvicorn",
+        help="uvicorn (default) or ray: the same app as Ray Serve replicas (needs mcdrop[ray]; "
+        "see 'mcdrop serve --engine ray --help')",
+    )
+    p.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
     )
     return p
 
 
+def _wants_ray(argv: list[str]) -> bool:
+    """True for ``--engine ray`` / ``--engine=ray`` (its own parser takes the rest)."""
+    for i, a in enumerate(argv):
+        if a == "--engine=ray" or (a == "--engine" and argv[i + 1 : i + 2] == ["ray"]):
+            return True
+    return False
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the server until SIGTERM/SIGINT; 0 on a clean exit, 2 on a configuration error."""
-    args = _parser().parse_args(list(argv))
+    argv = list(argv)
+    if _wants_ray(argv):
+        try:
+            from service.ray_app import main as ray_main
+        except ImportError as exc:
+            print(f"mcdrop serve: {exc}", file=sys.stderr)
+            return 2
+        return ray_main(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env().with_overrides(
             host=args.host,

@@ -84,3 +84,16 @@ def test_device_and_precision_settings_parse_and_validate() -> None:
         Settings.from_env({"MCDROP_PRECISION": "int8"})
     with pytest.raises(ValueError, match="MCDROP_DEVICE"):
         Settings.from_env({"MCDROP_DEVICE": "tpu"})
+
+
+@pytest.mark.parametrize("flag", [["--engine", "ray"], ["--engine=ray"]])
+def test_serve_engine_ray_dispatches_to_the_ray_engine(
+    monkeypatch: pytest.MonkeyPatch, flag: list[str]
+) -> None:
+    import service.ray_app as ray_app
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(ray_app, "main", lambda argv: seen.append(list(argv)) or 0)
+    argv = ["serve", *flag, "--port", "0", "--replicas", "2"]
+    assert cli_main(argv) == 0
+    assert seen == [argv[1:]]
