@@ -228,7 +228,10 @@ class ModelRuntime:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return self.loaded.predictor(device=device, precision=s.precision)
+        options: dict[str, Any] = {"device": device, "precision": s.precision}
+        if len(s.devices) > 1:
+            options["devices"] = list(s.devices)
+        return self.loaded.predictor(**options)
 
     def warm_up(self) -> None:
         """One small prediction: builds the engine's plan before the first request."""

@@ -61,6 +61,9 @@ class Settings:
         Where models run: "cpu", "cuda", "cuda:1", ... or "auto" (CUDA when available).
     precision : str
         Forward-pass precision of the engine: fp32, bf16 or fp16 (statistics stay float64).
+    devices : tuple of str
+        Shard each request's MC samples over these devices (comma-separated in the
+        environment, e.g. ``cuda:0,cuda:1``); empty: everything on ``device``.
     """
 
     models_dir: Path = DEFAULT_MODELS_DIR
@@ -80,6 +83,7 @@ class Settings:
     workers: int = 1
     device: str = "cpu"
     precision: str = "fp32"
+    devices: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         _check(
@@ -149,6 +153,7 @@ class Settings:
             "workers": int,
             "device": lambda s: s.strip().lower(),
             "precision": lambda s: s.strip().lower(),
+            "devices": _parse_list,
         }
         values: dict[str, Any] = {}
         for f in fields(cls):

@@ -97,3 +97,22 @@ def test_serve_engine_ray_dispatches_to_the_ray_engine(
     argv = ["serve", *flag, "--port", "0", "--replicas", "2"]
     assert cli_main(argv) == 0
     assert seen == [argv[1:]]
+
+
+def test_devices_setting_shards_samples_and_keeps_answers(tmp_path: Path) -> None:
+    from mcdrop.repository import load_model
+    from service.metrics import ServiceMetrics
+    from service.runtime import ModelRuntime
+
+    s = Settings.from_env({"MCDROP_DEVICES": "cpu, cpu"})
+    assert s.devices == ("cpu", "cpu")
+    loaded = load_model(DEFAULT_MODELS_DIR / "toy1d")
+    rt = ModelRuntime(loaded, s, ServiceMetrics())
+    pred = rt._predictor()
+    assert len(pred._replicas) == 2
+    import numpy as np
+
+    x = np.array([[0.5], [4.0]], dtype=np.float32)
+    single = load_model(DEFAULT_MODELS_DIR / "toy1d").predictor().predict(x, samples=30, seed=3)
+    sharded = pred.predict(x, samples=30, seed=3)
+    assert np.allclose(single.mean.numpy(), sharded.mean.numpy(), atol=1e-9)
