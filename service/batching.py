@@ -163,7 +163,8 @@ class Batcher:
         try:
             return await asyncio.wait_for(item.future, timeout)
         except (TimeoutError, asyncio.CancelledError) as exc:
-            self._abandon(item)
+            if self._abandon(item) and isinstance(exc, asyncio.CancelledError):
+                self._count("cancelled")  # withdrawn before it ran: never computed
             if isinstance(exc, TimeoutError):
                 self._count("timeout")
                 raise RequestTimeout(
@@ -172,7 +173,8 @@ class Batcher:
                 ) from None
             raise
 
-    def _abandon(self, item: _Item) -> None:
+    def _abandon(self, item: _Item) -> bool:
+        """Take ``item`` out of the queue if it has not started; True if it was."""
         with self._cond:
             if item.state == "queued":
                 try:
@@ -181,6 +183,8 @@ class Batcher:
                     pass
                 item.state = "dropped"
                 self._set_depth()
+                return True
+            return False
 
     # ------------------------------------------------------------------ worker side
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
 
-from service.errors import BadRequest, Unauthorized, UnsupportedMediaType
+from service.errors import BadRequest, ClientDisconnected, Unauthorized, UnsupportedMediaType
 from service.runtime import DataPlane, parse_json
 
-__all__ = ["get_plane", "require_api_key", "read_json"]
+__all__ = ["get_plane", "require_api_key", "read_json", "unless_disconnected"]
+
+T = TypeVar("T")
 
 _THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 
@@ -68,3 +72,43 @@ async def read_json(request: Request, *, v2: bool = False) -> Any:
     if len(body) > _THREAD_PARSE_BYTES:
         return await anyio.to_thread.run_sync(parse_json, body, depth)
     return parse_json(body, depth)
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` (a prediction), withdrawing it if the client disconnects first.
+
+    Call it after the body has been read: the next ASGI message is then the disconnect.
+    Cancelling the wait takes a request that has not started out of its model's queue (the
+    batcher drops it), so a client that gave up costs no compute; one already running
+    finishes and its answer is dropped.
+
+    Raises
+    ------
+    ClientDisconnected
+        The client went away first (499 in the access log; nobody reads the answer).
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done and watch.exception() is not None:
+            await asyncio.wait({task})  # the server cannot tell us: just wait
+    except BaseException:  # we are cancelled ourselves (shutdown): take the request along
+        task.cancel()
+        watch.cancel()
+        raise
+    watch.cancel()
+    if not task.done():  # the client left first: withdraw the request
+        task.cancel()
+        try:
+            await task  # lets the batcher take it out of the queue
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            raise ClientDisconnected("the client closed the connection before the answer") from None
+    return task.result()

@@ -17,7 +17,9 @@ Service exceptions (all :class:`ServiceError`)::
     ├── Unprocessable           422  well-formed JSON that does not fit the model
     ├── ModelNotReady           503  the model failed to load, or the server is stopping
     ├── QueueFull               503  the model's queue is full (with Retry-After)
-    └── RequestTimeout          504  no answer within MCDROP_REQUEST_TIMEOUT_S
+    ├── RequestTimeout          504  no answer within MCDROP_REQUEST_TIMEOUT_S
+    └── ClientDisconnected      499  the client closed the connection before the answer
+                                     (nobody reads it: for the access log and metrics)
 
 mcdrop's own tree: InvalidInputError -> 422; ModelOutputError (non-finite or unusable
 model output for this input) -> 422; NoDropoutError, UnsupportedModelError, ManifestError,
@@ -45,6 +47,7 @@ __all__ = [
     "ModelNotReady",
     "QueueFull",
     "RequestTimeout",
+    "ClientDisconnected",
     "status_for",
     "error_response",
     "INTERNAL_ERROR_MESSAGE",
@@ -110,6 +113,10 @@ class RequestTimeout(ServiceError):
     """The request was not answered within the configured time."""
 
 
+class ClientDisconnected(ServiceError):
+    """The client went away while its request waited; the request was withdrawn."""
+
+
 _SERVICE_STATUS: dict[type[ServiceError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
@@ -121,6 +128,7 @@ _SERVICE_STATUS: dict[type[ServiceError], int] = {
     ModelNotReady: 503,
     QueueFull: 503,
     RequestTimeout: 504,
+    ClientDisconnected: 499,  # nginx's "client closed request"
 }
 
 _HTTP_STATUS_CLASS: dict[int, type[ServiceError]] = {

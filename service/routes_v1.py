@@ -16,7 +16,7 @@ from mcdrop.schemas import (
     PredictResponse,
     ReadyResponse,
 )
-from service.deps import get_plane, read_json, require_api_key
+from service.deps import get_plane, read_json, require_api_key, unless_disconnected
 from service.metrics import CONTENT_TYPE
 from service.runtime import DataPlane
 
@@ -74,7 +74,7 @@ async def predict(
 ) -> JSONResponse:
     """MC dropout prediction: mean, variance, std, stderr (+ class statistics)."""
     body = await read_json(request)
-    return JSONResponse(await plane.predict_v1(name, body))
+    return JSONResponse(await unless_disconnected(request, plane.predict_v1(name, body)))
 
 
 router.include_router(models)

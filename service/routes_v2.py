@@ -15,7 +15,7 @@ from mcdrop.schemas import (
     ModelMetadata,
     ServerMetadata,
 )
-from service.deps import get_plane, read_json, require_api_key
+from service.deps import get_plane, read_json, require_api_key, unless_disconnected
 from service.runtime import DataPlane
 
 __all__ = ["router"]
@@ -113,7 +113,7 @@ async def infer(
 ) -> JSONResponse:
     """Inference; MC options in ``parameters``: ``mc_samples``, ``seed``."""
     body = await read_json(request, v2=True)
-    return JSONResponse(await plane.infer_v2(name, body, version))
+    return JSONResponse(await unless_disconnected(request, plane.infer_v2(name, body, version)))
 
 
 router.include_router(models)
