@@ -155,31 +155,32 @@ async def run_phase(
 ) -> PhaseResult:
     """``concurrency`` closed-loop clients until ``max_requests`` are sent or ``max_seconds``
     have passed (whichever first); each client keeps one request in flight."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     res = PhaseResult(concurrency, 0.0)
     sent = 0
     stop_at = time.monotonic() + max_seconds
 
-    async def client(c: httpx.AsyncClient) -> None:
+    async def client() -> None:
+        # One client (one keep-alive connection) per simulated user: a single pool shared
+        # by 128 tasks costs the load generator more CPU than the server spends.
         nonlocal sent
-        while sent < max_requests and time.monotonic() < stop_at:
-            sent += 1
-            t0 = time.perf_counter()
-            try:
-                r = await c.post(path, json=payload)
-                key = str(r.status_code)
-            except httpx.HTTPError as exc:
-                key = type(exc).__name__
-            res.statuses[key] += 1
-            res.latencies.setdefault(key, []).append(time.perf_counter() - t0)
+        async with httpx.AsyncClient(base_url=url, timeout=request_timeout) as c:
+            while sent < max_requests and time.monotonic() < stop_at:
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post(path, json=payload)
+                    key = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                res.statuses[key] += 1
+                res.latencies.setdefault(key, []).append(time.perf_counter() - t0)
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=request_timeout) as c:
-        start = time.perf_counter()
-        await asyncio.wait_for(
-            asyncio.gather(*(client(c) for _ in range(concurrency))),
-            max_seconds + request_timeout + 10,
-        )
-        res.elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.wait_for(
+        asyncio.gather(*(client() for _ in range(concurrency))),
+        max_seconds + request_timeout + 10,
+    )
+    res.elapsed = time.perf_counter() - start
     return res
 
 
@@ -281,9 +282,7 @@ async def _drive(
     rows = []
     for c in args.concurrency:
         before = scrape(server.url)
-        r = await run_phase(
-            server.url, path, payload, c, max(args.requests, 4 * c), args.seconds
-        )
+        r = await run_phase(server.url, path, payload, c, max(args.requests, 4 * c), args.seconds)
         b = batch_stats(before, scrape(server.url), model)
         row = _phase_row(mode, r, b)
         rows.append(row)
@@ -305,8 +304,13 @@ async def _saturate(server: Server, model: str, payload: dict[str, Any], args: A
         max(args.requests, 8 * args.saturation_concurrency), args.seconds,
     )  # fmt: skip
     b = batch_stats(before, scrape(server.url), model)
+    srv = server_latencies(server.log_path, "/predict")
     return {
         **_phase_row("saturation", r, b),
+        "server_p50_503_ms": round(_pct(srv.get("503", []), 50) * 1000, 2),
+        "server_p95_503_ms": round(_pct(srv.get("503", []), 95) * 1000, 2),
+        "server_p95_200_ms": round(_pct(srv.get("200", []), 95) * 1000, 1),
+        "server_max_200_ms": round(max(srv.get("200", [float("nan")])) * 1000, 1),
         "queue_size": args.saturation_queue,
         "n_503": r.statuses.get("503", 0),
         "p50_503_ms": round(r.pct(50, "503") * 1000, 1),
@@ -314,6 +318,30 @@ async def _saturate(server: Server, model: str, payload: dict[str, Any], args: A
         "max_503_ms": round(max(r.latencies.get("503", [float("nan")])) * 1000, 1),
         "max_200_ms": round(max(r.ok() or [float("nan")]) * 1000, 1),
     }
+
+
+def server_latencies(log_path: Path, route_suffix: str) -> dict[str, list[float]]:
+    """Server-side durations (s) by status, from the JSON access lines of the log."""
+    import json
+
+    out: dict[str, list[float]] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if not line.startswith('{"ts"'):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if str(rec.get("route", "")).endswith(route_suffix):
+            out.setdefault(str(rec["status"]), []).append(rec["duration_ms"] / 1000)
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -364,15 +392,19 @@ def main(argv: list[str] | None = None) -> int:
             row = sample_row(models_dir, args.model, meta["input_shape"])
             payload = {"inputs": [row], "samples": args.samples}
             rows += asyncio.run(_drive(server, args.model, payload, mode, args))
-    sat_env = {**base_env, "MCDROP_MAX_QUEUE_SIZE": str(args.saturation_queue)}
+    # info: one access line per request, for the server-side latency of the 503s
+    sat_env = {**base_env, "MCDROP_MAX_QUEUE_SIZE": str(args.saturation_queue),
+               "MCDROP_LOG_LEVEL": "info"}  # fmt: skip
     with start_server(models_dir, sat_env) as server:
         sat = asyncio.run(_saturate(server, args.model, payload, args))
     print(
         f"  saturation c={args.saturation_concurrency} queue={args.saturation_queue}: "
         f"{sat['requests']} req, {sat['rps']} ok/s, 503: {sat['n_503']} "
         f"(p50 {sat['p50_503_ms']} p95 {sat['p95_503_ms']} max {sat['max_503_ms']} ms), "
-        f"200 p95 {sat['p95_ms']} max {sat['max_200_ms']} ms, other errors "
-        f"{ {k: v for k, v in sat['errors'].items() if k != '503'} or 0}",
+        f"200 p95 {sat['p95_ms']} max {sat['max_200_ms']} ms; server side: 503 p50 "
+        f"{sat['server_p50_503_ms']} p95 {sat['server_p95_503_ms']} ms, 200 p95 "
+        f"{sat['server_p95_200_ms']} max {sat['server_max_200_ms']} ms; other errors "
+        f"{ {k: v for k, v in sat['errors'].items() if k != '503'} or 0 }",
         flush=True,
     )
 
@@ -383,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         targets["c32_throughput_4x"] = on["rps"] >= 4 * off["rps"]
         targets["c32_p95_no_worse"] = on["p95_ms"] <= off["p95_ms"]
     # Past saturation: the excess is refused fast, and the accepted requests' latency stays
-    # bounded by the queue (not by the number of clients).
-    targets["saturation_503_fast"] = sat["n_503"] > 0 and sat["p95_503_ms"] <= 250
-    targets["saturation_200_bounded"] = sat["max_200_ms"] <= 5000
+    # bounded by the queue (not by the number of clients). Judged on the server's own
+    # durations (access log): on a small shared CPU the client-side figures also hold the
+    # load generator's queueing for CPU and connections.
+    targets["saturation_503_fast_server"] = sat["n_503"] > 0 and sat["server_p95_503_ms"] <= 50
+    targets["saturation_200_bounded_server"] = sat["server_max_200_ms"] <= 5000
     other = sum(sum(r["errors"].values()) for r in rows)
     other += sum(v for k, v in sat["errors"].items() if k != "503")
     targets["no_other_errors"] = other == 0

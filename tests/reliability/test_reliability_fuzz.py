@@ -73,7 +73,7 @@ def _fuzz_operation(op: Any, seen: dict[str, set[int]]) -> None:
     label = f"{op.method.upper()} {op.path}"
     heavy = op.method.upper() == "POST"
 
-    @settings(FUZZ, max_examples=40 if heavy else 8)
+    @settings(FUZZ, max_examples=200 if heavy else 30)
     @given(case=op.as_strategy(), name=st.sampled_from(MODEL_NAMES + [None]),
            version=st.sampled_from(VERSIONS + [None]))  # fmt: skip
     def fuzz(case: Any, name: str | None, version: str | None) -> None:
