@@ -172,7 +172,8 @@ def test_client_disconnects_withdraw_queued_requests(server: Server) -> None:
 
     async def main() -> list[str]:
         limits = httpx.Limits(max_connections=8)
-        async with httpx.AsyncClient(base_url=server.url, timeout=0.2, limits=limits) as c:
+        timeout = httpx.Timeout(5.0, read=0.2)  # connect surely, give up waiting for the answer
+        async with httpx.AsyncClient(base_url=server.url, timeout=timeout, limits=limits) as c:
             return list(await asyncio.gather(*(give_up(c) for _ in range(8))))
 
     outcomes = asyncio.run(main())
