@@ -13,9 +13,9 @@ so a row gets exactly the same masks whether it runs alone, next to other rows, 
 chunk or in ten. All rows of a request share the unit of a sample: sample s is one
 subnetwork of the ensemble applied to every row, as in the ensemble reading of dropout.
 
-The hash is a 32-bit integer finaliser computed in int64 (values stay below 2**32, so
-results are identical on every backend); ``tests/test_keyed.py`` checks it against a
-pure-Python reference.
+The hash is a 32-bit integer finaliser computed with wrapping int32 arithmetic (identical
+bits on every backend); ``tests/test_keyed.py`` checks it against a pure-Python reference,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -28,13 +28,32 @@ _C2 = 0x846CA68B
 _GOLDEN = 0x9E3779B9
 
 
+def _s32(c: int) -> int:
+    """The int32 value with the same 32 bits as the unsigned ``c``."""
+    c &= _M32
+    return c - (1 << 32) if c >= (1 << 31) else c
+
+
+def _h32(x: torch.Tensor) -> torch.Tensor:
+    """The mixer on int32 tensors: products wrap mod 2**32 and shifts are made logical by
+    masking, so the bits equal the unsigned 32-bit computation. int32 rather than int64
+    because CPUs multiply int32 lanes natively (about 3x faster here)."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _s32(_C1)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _s32(_C2)
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _to_i32(x: torch.Tensor) -> torch.Tensor:
+    """Unsigned 32-bit values held in int64 -> int32 with the same bits."""
+    x = x.to(torch.int64) & _M32
+    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
+
+
 def hash32(x: torch.Tensor) -> torch.Tensor:
-    """Mix an int64 tensor of values in [0, 2**32) into well-spread 32-bit values."""
-    x = x ^ (x >> 16)
-    x = (x * _C1) & _M32
-    x = x ^ (x >> 15)
-    x = (x * _C2) & _M32
-    return x ^ (x >> 16)
+    """Mix an int64 tensor of values in [0, 2**32) into well-spread 32-bit values (int64)."""
+    return _h32(_to_i32(x)).to(torch.int64) & _M32
 
 
 def hash32_py(x: int) -> int:
@@ -50,7 +69,7 @@ def hash32_py(x: int) -> int:
 def unit_keys(seed: int, samples: torch.Tensor) -> torch.Tensor:
     """Key of each (seed, sample) pair. ``samples`` is an int64 tensor of sample indices."""
     lo, hi = seed & _M32, (seed >> 32) & _M32
-    s = torch.as_tensor(hash32_py(lo ^ hash32_py(hi ^ 0x5BD1E995)), dtype=torch.int64)
+    s = hash32_py(lo ^ hash32_py(hi ^ 0x5BD1E995))
     return hash32((samples.to(torch.int64) * _GOLDEN + s) & _M32)
 
 
@@ -59,12 +78,14 @@ def keep_mask(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tens
 
     P(keep) = 1 - p up to 2**-32 (the threshold is rounded to an integer).
     """
-    device = keys.device
-    site_salt = hash32_py(site * 0x27D4EB2F + 0x165667B1)
-    base1 = hash32((keys ^ site_salt) & _M32)  # (U,)
-    base2 = hash32((base1 + _GOLDEN) & _M32)  # (U,)
-    j = torch.arange(numel, device=device, dtype=torch.int64)  # (F,)
-    h = hash32((j.unsqueeze(0) + base1.unsqueeze(1)) & _M32)  # (U, F)
-    h = hash32(h ^ base2.unsqueeze(1))
+    k = _to_i32(keys)  # (U,)
+    site_salt = _s32(hash32_py(site * 0x27D4EB2F + 0x165667B1))
+    base = _h32(k ^ site_salt)  # (U,)
+    # An odd stride per unit: units walk different arithmetic progressions through the
+    # mixer, so no unit's mask is a shifted copy of another's.
+    stride = _h32(base + _s32(_GOLDEN)) | 1  # (U,)
+    j = torch.arange(numel, device=keys.device, dtype=torch.int32)  # (F,)
+    h = _h32(j.unsqueeze(0) * stride.unsqueeze(1) + base.unsqueeze(1))  # (U, F)
     threshold = int(round(p * 2**32))
-    return h >= threshold
+    # Flipping the sign bit maps unsigned order onto signed int32 order.
+    return (h ^ _s32(0x80000000)) >= threshold - 2**31

@@ -388,10 +388,11 @@ class MCPredictor:
             args = inputs[0]
         else:
             keys = torch.cat([k for _, k, _ in segs])
-            per_unit = torch.tensor(
-                [c // len(k) for c, (_, k, _) in zip(counts, segs) for _ in range(len(k))],
-                device=self.device,
+            units = torch.tensor([len(k) for _, k, _ in segs], device=self.device)
+            rows_each = torch.tensor(
+                [c // len(k) for c, (_, k, _) in zip(counts, segs)], device=self.device
             )
+            per_unit = torch.repeat_interleave(rows_each, units)  # (U,) rows of each unit
             row_unit = torch.repeat_interleave(
                 torch.arange(len(keys), device=self.device), per_unit
             )

@@ -45,3 +45,16 @@ def test_bits_are_pairwise_uncorrelated() -> None:
     off = c[~torch.eye(8, dtype=torch.bool)]
     # correlation of independent bits has sd ~ 1/sqrt(n)
     assert off.abs().max().item() < 5 / math.sqrt(4000)
+
+
+def test_keep_mask_matches_python_reference_bit_for_bit() -> None:
+    keys = unit_keys(123456789012, torch.arange(5))
+    site, numel, p = 4, 37, 0.35
+    got = keep_mask(keys, site, numel, p)
+    threshold = round(p * 2**32)
+    salt = hash32_py(site * 0x27D4EB2F + 0x165667B1)
+    for u, key in enumerate(keys.tolist()):
+        base = hash32_py(key ^ salt)
+        stride = hash32_py((base + 0x9E3779B9) & 0xFFFFFFFF) | 1
+        ref = [hash32_py((j * stride + base) & 0xFFFFFFFF) >= threshold for j in range(numel)]
+        assert got[u].tolist() == ref
