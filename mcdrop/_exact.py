@@ -83,22 +83,14 @@ def predict_exact(pred: MCPredictor, x: torch.Tensor) -> Prediction:
         pe = entropy(mean)
         votes = torch.zeros_like(mean)
         votes.scatter_add_(-1, p.argmax(-1).T, w.view(-1, 1).expand(total, b).T.contiguous())
-        return Prediction(
-            task=pred.task,
-            mean=mean,
-            variance=var,
-            std=var.sqrt(),
-            stderr=torch.zeros_like(var),
-            samples=total,
-            samples_per_row=torch.full((b,), total),
-            seed=0,
+        return _exact_prediction(
+            pred.task, mean, var, total, b,
             probs=mean,
             predictive_entropy=pe,
             expected_entropy=ee,
             mutual_information=(pe - ee).clamp_min(0),
             variation_ratio=1 - votes.max(-1).values,
-            exact=True,
-        )
+        )  # fmt: skip
     mean = (wv * main).sum(0)
     epi = (wv * (main - mean) ** 2).sum(0)
     alea = torch.zeros_like(epi)
@@ -107,8 +99,17 @@ def predict_exact(pred: MCPredictor, x: torch.Tensor) -> Prediction:
     if pred.tau is not None:
         alea = alea + 1.0 / pred.tau
     var = epi + alea
+    return _exact_prediction(
+        pred.task, mean, var, total, b, epistemic_variance=epi, aleatoric_variance=alea
+    )
+
+
+def _exact_prediction(
+    task: str, mean: torch.Tensor, var: torch.Tensor, total: int, b: int, **extra: torch.Tensor
+) -> Prediction:
+    """A Prediction of the exact mixture: no Monte Carlo error, all 2^n members counted."""
     return Prediction(
-        task=pred.task,
+        task=task,
         mean=mean,
         variance=var,
         std=var.sqrt(),
@@ -116,7 +117,6 @@ def predict_exact(pred: MCPredictor, x: torch.Tensor) -> Prediction:
         samples=total,
         samples_per_row=torch.full((b,), total),
         seed=0,
-        epistemic_variance=epi,
-        aleatoric_variance=alea,
         exact=True,
+        **extra,  # type: ignore[arg-type]
     )

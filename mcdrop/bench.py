@@ -107,7 +107,10 @@ def cases(size: str) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------- strategies
-def _summ(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _summ(draws: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance over samples, of softmax probabilities for classifiers (as mcdrop)."""
+    if task == "classification":
+        draws = torch.softmax(draws, dim=-1)
     return draws.mean(0), draws.var(0)
 
 
@@ -132,7 +135,7 @@ def run_strategy(
 
         def loop() -> Any:
             with torch.inference_mode(), mc_mode(model), ac:
-                return _summ(torch.stack([model(x).float() for _ in range(s)]))
+                return _summ(torch.stack([model(x).float() for _ in range(s)]), task)
 
         return loop
     if name == "replicate":
@@ -140,18 +143,21 @@ def run_strategy(
         def rep() -> Any:
             with torch.inference_mode(), mc_mode(model), ac:
                 xr = x.repeat(s, *([1] * (x.dim() - 1)))
-                return _summ(model(xr).float().view(s, x.shape[0], -1))
+                return _summ(model(xr).float().view(s, x.shape[0], -1), task)
 
         return rep
     if name == "torch_uncertainty":
         tu_mc_dropout = _torch_uncertainty_mc_dropout()
         assert tu_mc_dropout is not None
         tu_task = "classification" if task == "classification" else "regression"
-        wrapped = tu_mc_dropout(model, num_estimators=s, on_batch=True, task=tu_task).eval()
+        extra = {} if tu_task == "classification" else {"probabilistic": False}
+        wrapped = tu_mc_dropout(
+            model, num_estimators=s, on_batch=True, task=tu_task, **extra
+        ).eval()
 
         def tu() -> Any:
             with torch.inference_mode(), ac:
-                return _summ(wrapped(x).float().view(s, x.shape[0], -1))
+                return _summ(wrapped(x).float().view(s, x.shape[0], -1), task)
 
         return tu
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
@@ -200,6 +206,14 @@ def strategies() -> list[str]:
     return names
 
 
+def _mean_variance(result: Any) -> float | None:
+    """Mean predictive variance of a strategy's answer: 0 exposes dropout that never ran."""
+    if isinstance(result, tuple):
+        return float(result[1].double().mean())
+    var = getattr(result, "variance", None)
+    return None if var is None else float(var.double().mean())
+
+
 def time_it(fn: Callable[[], Any], repeats: int, device: torch.device) -> dict[str, float]:
     fn()  # warm-up (plans, caches, allocator)
     times = []
@@ -214,15 +228,16 @@ def time_it(fn: Callable[[], Any], repeats: int, device: torch.device) -> dict[s
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4  # resident pages of 4 KiB
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def peak_memory_child(args: argparse.Namespace) -> None:
     """Subprocess entry: run one configuration once and print its peak memory growth (MiB)."""
-    import resource
-
     torch.manual_seed(0)
     case = next(c for c in cases(args.size) if c.name == args.case)
     device = torch.device(args.device)
@@ -238,9 +253,13 @@ def peak_memory_child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        base = _rss_kib()
+        # Reset the kernel's high-water mark (VmHWM) so that the import and set-up peaks
+        # do not count, then read the peak of this run alone.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
         fn()
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        peak = (_status_kib("VmHWM") - base) / 1024
     print(json.dumps({"peak_mib": round(max(peak, 0.0), 1)}))
 
 
@@ -317,13 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in strategies():
             fn = run_strategy(name, model, x, case.samples, case.task, dtype)
             rows[name] = dict(time_it(fn, ns.repeats, device))
+            rows[name]["mean_variance"] = _mean_variance(fn())
             print(f"  {name:18s} {rows[name]['median_ms']:9.2f} ms", file=sys.stderr, flush=True)
         det = rows["deterministic"]["median_ms"]
         assert det is not None
         for r in rows.values():
             r["x_deterministic"] = round(r["median_ms"] / det, 2)  # type: ignore[operator]
+        # A peer whose answer has zero variance did not sample dropout: not a competitor.
         peers = [
-            rows[n]["median_ms"] for n in ("loop", "replicate", "torch_uncertainty") if n in rows
+            rows[n]["median_ms"]
+            for n in ("loop", "replicate", "torch_uncertainty")
+            if n in rows and (rows[n].get("mean_variance") or 0.0) > 0.0
         ]
         best_peer = min(p for p in peers if p is not None)
         entry: dict[str, Any] = {
@@ -357,12 +380,14 @@ def print_tables(results: dict[str, Any]) -> None:
     )
     for name, e in results["cases"].items():
         print(f"\n{name}: input {tuple(e['input_shape'])}, S = {e['samples']}")
-        print("| strategy | median ms | min-max ms | x deterministic |")
-        print("|---|---|---|---|")
+        print("| strategy | median ms | min-max ms | x deterministic | mean variance |")
+        print("|---|---|---|---|---|")
         for s, r in e["times"].items():
+            var = r.get("mean_variance")
+            shown = "-" if var is None else (f"{var:.3g}" if var > 0 else "0 (no dropout ran!)")
             print(
                 f"| {s} | {r['median_ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f} | "
-                f"{r['x_deterministic']:.2f} |"
+                f"{r['x_deterministic']:.2f} | {shown} |"
             )
         print(f"mcdrop speed-up over the best peer strategy: {e['mcdrop_speedup_vs_best_peer']}x")
         if "peak_mib" in e:

@@ -46,7 +46,7 @@ log = logging.getLogger("mcdrop")
 
 Task = Literal["regression", "classification"]
 _MAX_SEED = 2**63 - 1
-_CPU_BUDGET = 256 * 2**20  # bytes of activations per chunk on CPU
+_CPU_BUDGET = 64 * 2**20  # bytes of activations per chunk on CPU
 
 
 @dataclass
@@ -117,7 +117,7 @@ class MCPredictor:
         Model precision; 1/tau is added to the regression variance (Gal, eq. 8).
     max_rows : int, optional
         Largest number of rows (samples x batch) per forward chunk. Default: sized from a
-        memory budget (256 MiB of activations on CPU, 40% of free memory on CUDA).
+        memory budget (64 MiB of activations on CPU, 40% of free memory on CUDA).
     precision : {"fp32", "bf16", "fp16"}
         Autocast precision of the forward passes; statistics are always float64.
     split : {"auto", "off"}

@@ -375,7 +375,7 @@ def main(argv: Sequence[str]) -> int:
 
     Returns 0 after a clean shutdown, 2 on a configuration error (message on stderr).
     """
-    from service.server import MANIFEST, configure_logging, find_model_folders
+    from service.server import configure_logging
 
     args = _parser().parse_args(list(argv))
     try:
@@ -394,13 +394,10 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         print(f"mcdrop serve: {exc}", file=sys.stderr)
         return 2
-    root = Path(settings.models_dir).resolve()
-    if not find_model_folders(root):
-        print(
-            f"mcdrop serve: no models in {root}: expected one sub-folder per model with a "
-            f"{MANIFEST}. Train the default models or pass --models-dir FOLDER.",
-            file=sys.stderr,
-        )
+    from service.server import models_root
+
+    root = models_root(settings)
+    if root is None:
         return 2
     settings = settings.with_overrides(models_dir=root)
     configure_logging(settings.log_level)

@@ -86,6 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def models_root(settings: Settings) -> Path | None:
+    """The resolved models folder, or None after telling the user it holds no model."""
+    root = Path(settings.models_dir).resolve()
+    if find_model_folders(root):
+        return root
+    print(
+        f"mcdrop serve: no models in {root}: expected one sub-folder per model with a "
+        f"{MANIFEST} (see docs/service.md). Train the default models or pass "
+        "--models-dir FOLDER.",
+        file=sys.stderr,
+    )
+    return None
+
+
 def _wants_ray(argv: list[str]) -> bool:
     """True for ``--engine ray`` / ``--engine=ray`` (its own parser takes the rest)."""
     for i, a in enumerate(argv):
@@ -116,14 +130,8 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         print(f"mcdrop serve: {exc}", file=sys.stderr)
         return 2
-    root = Path(settings.models_dir).resolve()
-    if not find_model_folders(root):
-        print(
-            f"mcdrop serve: no models in {root}: expected one sub-folder per model with a "
-            f"{MANIFEST} (see docs/service.md). Train the default models or pass "
-            "--models-dir FOLDER.",
-            file=sys.stderr,
-        )
+    root = models_root(settings)
+    if root is None:
         return 2
     settings = settings.with_overrides(models_dir=root)
     configure_logging(settings.log_level)
