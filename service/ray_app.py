@@ -53,7 +53,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.settings import ENV_PREFIX, Settings
+from service.settings import ENV_PREFIX, Settings, env_values
 
 __all__ = [
     "RaySettings",
@@ -174,17 +174,7 @@ class RaySettings:
             "app_name": str,
             "route_prefix": str,
         }
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = RAY_PREFIX + f.name.upper()
-            raw = env.get(var)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                values[f.name] = parsers[f.name](raw.strip())
-            except ValueError as exc:
-                raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
-        return cls(**values)
+        return cls(**env_values(cls, RAY_PREFIX, parsers, env, skip_blank=True))
 
 
 def _parse_json_object(s: str) -> dict[str, Any]:

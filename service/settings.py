@@ -155,17 +155,31 @@ class Settings:
             "precision": lambda s: s.strip().lower(),
             "devices": _parse_list,
         }
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = ENV_PREFIX + f.name.upper()
-            raw = env.get(var)
-            if raw is None:
-                continue
-            try:
-                values[f.name] = parsers[f.name](raw)
-            except ValueError as exc:
-                raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
-        return cls(**values)
+        return cls(**env_values(cls, ENV_PREFIX, parsers, env))
+
+
+def env_values(
+    cls: type,
+    prefix: str,
+    parsers: Mapping[str, Callable[[str], Any]],
+    env: Mapping[str, str],
+    skip_blank: bool = False,
+) -> dict[str, Any]:
+    """Parsed values of the dataclass fields of ``cls`` that ``PREFIX + NAME`` sets in ``env``.
+
+    A value that does not parse raises ValueError naming the variable and the value.
+    """
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        var = prefix + f.name.upper()
+        raw = env.get(var)
+        if raw is None or (skip_blank and raw.strip() == ""):
+            continue
+        try:
+            values[f.name] = parsers[f.name](raw.strip() if skip_blank else raw)
+        except ValueError as exc:
+            raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
+    return values
 
 
 def _check(value: Any, ok: bool, name: str, msg: str) -> None:
