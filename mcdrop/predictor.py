@@ -23,9 +23,9 @@ import logging
 import math
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -80,6 +80,19 @@ def _validate_seed(seed: Any) -> int:
     if not 0 <= seed <= _MAX_SEED:
         raise InvalidInputError(f"seed must be in [0, 2**63 - 1], got {seed}")
     return int(seed)
+
+
+@contextmanager
+def _model_rejects_inputs() -> Iterator[None]:
+    """An IndexError from the model's forward is a problem of the inputs (token ids outside
+    an embedding's vocabulary, class indices out of range): say so as InvalidInputError."""
+    try:
+        yield
+    except IndexError as exc:
+        raise InvalidInputError(
+            f"the model could not index with these inputs ({exc}); if they are ids or "
+            "indices, check that every value is within the model's range"
+        ) from exc
 
 
 def _split_output(y: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -229,7 +242,7 @@ class MCPredictor:
             their probabilities instead of sampling; ``variance`` is then the exact
             population variance. For tiny models and tests.
         """
-        with self._lock:
+        with self._lock, _model_rejects_inputs():
             xt = self._prepare(x)
             if exact:
                 return self._predict_exact(xt)
@@ -260,7 +273,7 @@ class MCPredictor:
         ``predict(r.inputs, r.samples, r.seed)`` up to float rounding. Input validation
         errors name the request index.
         """
-        with self._lock:
+        with self._lock, _model_rejects_inputs():
             groups = []
             for i, r in enumerate(requests):
                 try:
