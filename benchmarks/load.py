@@ -23,10 +23,7 @@ import asyncio
 import csv
 import os
 import re
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,66 +32,19 @@ from typing import Any
 
 import httpx
 
+from service.testing import ServerProcess
+from service.testing import start_server as _start_server
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ROOT / "models"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A ``python -m mcdrop.cli serve`` subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_server(models_dir: Path, env: dict[str, str], ready_timeout: float = 90.0) -> Server:
-    """Start the server with ``MCDROP_*`` settings ``env``; wait (bounded) for /health/ready."""
-    port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
-    full.update(env)
-    full.setdefault("MCDROP_LOG_LEVEL", "warning")  # no access line per request
-    full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
-    log_path = Path(tempfile.mkstemp(prefix="mcdrop-bench-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "mcdrop.cli", "serve", "--port", str(port),
-           "--models-dir", str(models_dir)]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(server.url + "/health/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    server.stop()
-    raise RuntimeError(f"server not ready in {ready_timeout} s: {log_path.read_text()[-2000:]}")
+def start_server(
+    models_dir: Path, env: dict[str, str], ready_timeout: float = 90.0
+) -> ServerProcess:
+    """``mcdrop serve`` with ``MCDROP_*`` settings ``env`` (no access line per request)."""
+    return _start_server(models_dir, {"MCDROP_LOG_LEVEL": "warning", **env},
+                         ready_timeout=ready_timeout)  # fmt: skip
 
 
 def sample_row(models_dir: Path, model: str, shape: list[int]) -> list[Any]:
@@ -274,7 +224,7 @@ def _phase_row(mode: str, r: PhaseResult, b: dict[str, float]) -> dict[str, Any]
 
 
 async def _drive(
-    server: Server, model: str, payload: dict[str, Any], mode: str, args: Any
+    server: ServerProcess, model: str, payload: dict[str, Any], mode: str, args: Any
 ) -> list[dict[str, Any]]:
     path = f"/v1/models/{model}/predict"
     warm = await run_phase(server.url, path, payload, 4, 40, 10)  # JIT-free, but warms caches
@@ -295,7 +245,7 @@ async def _drive(
     return rows
 
 
-async def _saturate(server: Server, model: str, payload: dict[str, Any], args: Any) -> dict:
+async def _saturate(server: ServerProcess, model: str, payload: dict[str, Any], args: Any) -> dict:
     path = f"/v1/models/{model}/predict"
     await run_phase(server.url, path, payload, 4, 20, 10)
     before = scrape(server.url)

@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from service.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,12 +66,6 @@ class Result:
             f"{self.name:<22} {med:8.1f} req/s  ({min(self.rps):.1f}-{max(self.rps):.1f})"
             f"   p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   errors {self.errors}   {self.note}"
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
@@ -149,7 +144,7 @@ def run_rounds(targets: dict[str, str], args: argparse.Namespace) -> dict[str, R
 @contextmanager
 def uvicorn_server(models_dir: Path, workers: int) -> Iterator[str]:
     """``mcdrop serve --workers N`` in a subprocess."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
     env["PYTHONPATH"] = str(ROOT)
     cmd = [sys.executable, "-m", "mcdrop.cli", "serve", "--port", str(port),
@@ -178,7 +173,7 @@ def ray_serve(num_cpus: int) -> Iterator[str]:
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="mcdrop-ray-", dir="/tmp")
-    port = _free_port()
+    port = free_port()
     ray.init(
         address="local",
         num_cpus=num_cpus,

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import torch
 
 from mcdrop.repository import Manifest, save_model
 from service.settings import Settings
+from service.testing import free_port
 
 pytestmark = pytest.mark.ray
 
@@ -115,12 +115,6 @@ def _manifest(name: str, factory: str, **kw: Any) -> Manifest:
     return Manifest(**base)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class RayServe:
     url: str
@@ -155,7 +149,7 @@ def ray_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServe]:
     # A short private temp dir: Ray's socket paths must stay under 108 bytes, and other
     # Ray instances on this machine must not be found or disturbed.
     temp_dir = Path(tempfile.mkdtemp(prefix="mcdrop-ray-", dir="/tmp"))
-    port = _free_port()
+    port = free_port()
     ray.init(
         address="local",
         num_cpus=2,
@@ -294,7 +288,7 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
     _require_ray()
     repo = tmp_path / "models"
     shutil.copytree(ROOT / "models" / "toy1d", repo / "toy1d")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MCDROP_", "RAY_"))}
     env["PYTHONPATH"] = str(ROOT)
     temp_dir = Path(tempfile.mkdtemp(prefix="mcdrop-ray-", dir="/tmp"))

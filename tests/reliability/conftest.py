@@ -8,9 +8,7 @@ is put on ``sys.path`` so ``svc_helpers`` imports by module name (neither folder
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,7 +18,7 @@ for _p in (_HERE.parent / "service", _HERE):
         sys.path.insert(0, str(_p))
 
 from fault_models import write_fault_repo  # noqa: E402
-from svc_helpers import Server, start_server, stop_server, write_tiny_repo  # noqa: E402
+from svc_helpers import server_factory, write_tiny_repo  # noqa: E402, F401 (fixture)
 
 
 @pytest.fixture(scope="session")
@@ -38,18 +36,3 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fault_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Good models next to broken ones, plus an OOM-raising and a slow model."""
     return write_fault_repo(tmp_path_factory.mktemp("fault-repo"))
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start real servers inside a test; every one is stopped (SIGTERM, then SIGKILL)."""
-    started: list[Server] = []
-
-    def start(repo: Path, env: dict[str, str] | None = None) -> Server:
-        s = start_server(repo, tmp_path / f"server{len(started)}.log", env)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        stop_server(s)

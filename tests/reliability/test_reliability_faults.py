@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from svc_helpers import Server, start_server, stop_server
+from svc_helpers import Server, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def server(fault_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     s = start_server(fault_repo, tmp_path_factory.mktemp("faults") / "server.log", env)
     yield s
-    stop_server(s)
+    s.stop()
 
 
 def metric(url: str, name: str) -> float:
@@ -220,6 +220,6 @@ def test_sigterm_refuses_new_connections_while_in_flight_requests_finish(
         codes = [f.result(timeout=20).status_code for f in futures]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        stop_server(s)
+        s.stop()
     assert codes == [200, 200, 200, 200]
     assert s.proc.returncode in (0, -signal.SIGTERM)

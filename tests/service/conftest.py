@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from svc_helpers import ROOT, Server, start_server, stop_server, write_tiny_repo
+from svc_helpers import ROOT, server_factory, write_tiny_repo  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="session")
@@ -32,18 +30,3 @@ def default_or_tiny_repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFacto
     dest = tmp_path_factory.mktemp("fallback") / "models"
     shutil.copytree(tiny_repo, dest)
     return dest
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start servers inside a test; every one is stopped at the end."""
-    started: list[Server] = []
-
-    def start(repo: Path, env: dict[str, str] | None = None) -> Server:
-        s = start_server(repo, tmp_path / f"server{len(started)}.log", env)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        stop_server(s)

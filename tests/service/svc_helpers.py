@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import torch
 
 from mcdrop.repository import Manifest, save_model
 from service.app import create_app
 from service.settings import Settings
+from service.testing import ServerProcess as Server
+from service.testing import start_server as _start
 
 _spec = importlib.util.spec_from_file_location(
     "mcdrop_service_test_models", Path(__file__).with_name("tiny_models.py")
@@ -111,68 +108,23 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A ``mcdrop serve`` subprocess on 127.0.0.1."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    port: int
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 def start_server(
     repo: Path, log_path: Path, env: dict[str, str] | None = None, timeout: float = 40.0
 ) -> Server:
-    """Start ``python -m mcdrop.cli serve`` and wait (bounded) until /health/ready is 200."""
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
-    full_env.update(env or {})
-    full_env["PYTHONPATH"] = str(ROOT)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mcdrop.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--models-dir",
-        str(repo),
-    ]
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed by the subprocess' end
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{port}", port, log_path, env or {})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(server.url + "/health/ready", timeout=1.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"server not ready within {timeout} s:\n{server.log()}")
+    """``mcdrop serve`` of ``repo`` on 127.0.0.1, ready (see :mod:`service.testing`)."""
+    return _start(repo, env, log_path=log_path, ready_timeout=timeout)
 
 
-def stop_server(server: Server, timeout: float = 15.0) -> int | None:
-    """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(5)
-    return server.proc.returncode
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start real servers inside a test; every one is stopped (SIGTERM, then SIGKILL)."""
+    started: list[Server] = []
+
+    def start(repo: Path, env: dict[str, str] | None = None) -> Server:
+        s = start_server(repo, tmp_path / f"server{len(started)}.log", env)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()

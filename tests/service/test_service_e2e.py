@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from svc_helpers import Server, start_server, stop_server
+from svc_helpers import Server, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     }
     s = start_server(tiny_repo, tmp_path_factory.mktemp("e2e") / "server.log", env)
     yield s
-    stop_server(s)
+    s.stop()
 
 
 def _raw_http(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
