@@ -55,7 +55,6 @@ __all__ = [
     "disable_mc",
     "MCState",
     "convert_dropout",
-    "has_dropout_modules",
 ]
 
 
@@ -160,16 +159,6 @@ def convert_dropout(model: nn.Module, always: bool = False) -> nn.Module:
         else:
             convert_dropout(child, always)
     return model
-
-
-def has_dropout_modules(model: nn.Module) -> bool:
-    """True if ``model`` contains a dropout module or attention with dropout > 0."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            return True
-        if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from mcdrop._keyed import unit_keys
 from mcdrop._planning import _Plan
 from mcdrop.errors import InvalidInputError, ModelOutputError
 from mcdrop.prediction import MCRequest, Prediction
-from mcdrop.stats import ClassStats, Moments
+from mcdrop.stats import ClassStats, Moments, mc_standard_error
 
 __all__ = ["MCPredictor", "Prediction", "MCRequest"]
 
@@ -58,8 +58,6 @@ class _Group:
     acc: Any = None
     hetero_acc: Moments | None = None
     draws: list[torch.Tensor] = field(default_factory=list)
-    done: int = 0
-    rows: torch.Tensor | None = None  # active rows (adaptive), None = all
     start: int = 0  # first sample index (a device's share of a sharded request)
     keep: bool = False  # keep the raw draws of this request
 
@@ -259,10 +257,7 @@ class MCPredictor:
                     _validate_samples(min_samples, "min_samples"),
                     cap,
                 )
-            s = self.samples if samples is None else _validate_samples(samples)
-            if s > self.max_samples:
-                raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
-            group = _Group(xt, _validate_seed(seed), s)
+            group = _Group(xt, _validate_seed(seed), self._sample_count(samples))
             self._execute([group], return_samples)
             return self._finish(group)
 
@@ -278,11 +273,7 @@ class MCPredictor:
             for i, r in enumerate(requests):
                 try:
                     xt = self._prepare(r.inputs)
-                    s = self.samples if r.samples is None else _validate_samples(r.samples)
-                    if s > self.max_samples:
-                        raise InvalidInputError(
-                            f"samples must be at most {self.max_samples}, got {s}"
-                        )
+                    s = self._sample_count(r.samples)
                     groups.append(
                         _Group(xt, _validate_seed(r.seed), s, keep=bool(r.return_samples))
                     )
@@ -307,6 +298,15 @@ class MCPredictor:
                 layers.restore_flags(saved)
 
     # ------------------------------------------------------------------ input handling
+
+    def _sample_count(self, samples: Any) -> int:
+        """S for a call: the default, or ``samples`` checked within [1, max_samples]."""
+        if samples is None:
+            return self.samples
+        s = _validate_samples(samples)
+        if s > self.max_samples:
+            raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
+        return s
 
     def _prepare(self, x: Any) -> torch.Tensor:
         if isinstance(x, np.ndarray):
@@ -493,7 +493,6 @@ class MCPredictor:
                 if g.hetero_acc is not None and p.hetero_acc is not None:
                     g.hetero_acc.merge(p.hetero_acc)
             g.draws = [d for p in parts for d in p.draws]
-            g.done = g.samples
 
     def _run(self, groups: list[_Group], keep: bool) -> None:
         self.last_chunk_rows = []
@@ -566,8 +565,6 @@ class MCPredictor:
                 part = (part, logvar[offset : offset + n])
             self._fold(g, part, s1 - s0, None, keep or g.keep)
             offset += n
-        for g, _, s1 in segs:
-            g.done = max(g.done, s1)
 
     # ------------------------------------------------------------------ adaptive / exact
 
@@ -598,9 +595,7 @@ class MCPredictor:
                 per_row[active.cpu()] = target
                 done = target
                 moments = g.acc.moments if self.task == "classification" else g.acc
-                se = torch.sqrt(
-                    moments.variance() / moments.count.view(-1, *([1] * (moments.mean.dim() - 1)))
-                )
+                se = mc_standard_error(moments.variance(), moments.count)
                 ok = (se <= rtol * moments.mean.abs() + atol).reshape(len(x), -1).all(dim=1)
                 active = torch.nonzero(~ok).flatten()
                 if len(active) == 0 or done >= cap:
@@ -636,7 +631,7 @@ class MCPredictor:
                 mean=summ["probs"],
                 variance=var,
                 std=var.sqrt(),
-                stderr=torch.sqrt(var / count.view(-1, 1)),
+                stderr=mc_standard_error(var, count),
                 samples=g.samples,
                 samples_per_row=per_row,
                 seed=g.seed,
@@ -652,13 +647,12 @@ class MCPredictor:
             alea = alea + 1.0 / self.tau
         var = epi + alea
         assert m.count is not None and m.mean is not None
-        c = m.count.view(-1, *([1] * (epi.dim() - 1)))
         return Prediction(
             task=self.task,
             mean=m.mean,
             variance=var,
             std=var.sqrt(),
-            stderr=torch.sqrt(epi / c),
+            stderr=mc_standard_error(epi, m.count),
             samples=g.samples,
             samples_per_row=per_row,
             seed=g.seed,

@@ -7,8 +7,6 @@ Shapes: S samples, B rows, ``*O`` one row's output shape, C classes.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = [
@@ -16,7 +14,6 @@ __all__ = [
     "ClassStats",
     "entropy",
     "mc_standard_error",
-    "normal_interval",
 ]
 
 _EPS = 1e-12
@@ -151,14 +148,3 @@ def mc_standard_error(variance: torch.Tensor, samples: torch.Tensor | int) -> to
     if isinstance(s, torch.Tensor):
         s = s.view(-1, *([1] * (variance.dim() - 1)))
     return torch.sqrt(variance / s)
-
-
-def normal_interval(
-    mean: torch.Tensor, std: torch.Tensor, level: float = 0.95
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Central interval of a normal with ``mean`` and ``std`` at coverage ``level``."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    z = math.sqrt(2.0) * torch.erfinv(torch.tensor((1.0 + level) / 2.0, dtype=torch.float64))
-    zf = float(z)
-    return mean - zf * std, mean + zf * std
