@@ -20,6 +20,9 @@ bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 _M32 = 0xFFFFFFFF
@@ -66,11 +69,60 @@ def hash32_py(x: int) -> int:
     return x ^ (x >> 16)
 
 
+def _seed_salt(seed: int) -> int:
+    lo, hi = seed & _M32, (seed >> 32) & _M32
+    return hash32_py(lo ^ hash32_py(hi ^ 0x5BD1E995))
+
+
 def unit_keys(seed: int, samples: torch.Tensor) -> torch.Tensor:
     """Key of each (seed, sample) pair. ``samples`` is an int64 tensor of sample indices."""
-    lo, hi = seed & _M32, (seed >> 32) & _M32
-    s = hash32_py(lo ^ hash32_py(hi ^ 0x5BD1E995))
-    return hash32((samples.to(torch.int64) * _GOLDEN + s) & _M32)
+    return hash32((samples.to(torch.int64) * _GOLDEN + _seed_salt(seed)) & _M32)
+
+
+def unit_keys_many(
+    ranges: Sequence[tuple[int, int, int]], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Keys of several (seed, first sample, end sample) ranges, concatenated in order.
+
+    Equal to ``torch.cat([unit_keys(seed, torch.arange(s0, s1)) for ...])`` in a fixed
+    number of tensor operations, however many ranges there are (one per request of a
+    batch)."""
+    counts = torch.tensor([s1 - s0 for _, s0, s1 in ranges], dtype=torch.int64)
+    salts = torch.tensor([_seed_salt(seed) for seed, _, _ in ranges], dtype=torch.int64)
+    firsts = torch.tensor([s0 for _, s0, _ in ranges], dtype=torch.int64)
+    starts = torch.cumsum(counts, 0) - counts  # position of each range's first unit
+    total = int(counts.sum())
+    # sample index of each unit: its position minus its range's start, plus the range's s0
+    samples = torch.arange(total, dtype=torch.int64) + torch.repeat_interleave(
+        firsts - starts, counts
+    )
+    salt = torch.repeat_interleave(salts, counts)
+    return hash32((samples * _GOLDEN + salt) & _M32).to(device)
+
+
+def _h32_np(x: np.ndarray) -> np.ndarray:
+    """The mixer in place on a uint32 array (numpy wraps unsigned products natively)."""
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(_C1)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(_C2)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def _keep_mask_np(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tensor:
+    """:func:`keep_mask` on the CPU with in-place numpy uint32 arithmetic: the same bits,
+    about 3-4x faster than the int32 torch ops (no temporaries, no sign masking)."""
+    k = (keys.numpy() & _M32).astype(np.uint32)  # (U,)
+    base = _h32_np(k ^ np.uint32(hash32_py(site * 0x27D4EB2F + 0x165667B1)))
+    stride = _h32_np(base + np.uint32(_GOLDEN)) | np.uint32(1)
+    h = np.arange(numel, dtype=np.uint32)[None, :] * stride[:, None]  # (U, F)
+    h += base[:, None]
+    _h32_np(h)
+    threshold = int(round(p * 2**32))
+    if threshold >= 2**32:
+        return torch.zeros(h.shape, dtype=torch.bool)
+    return torch.from_numpy(h >= np.uint32(threshold))
 
 
 def keep_mask(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tensor:
@@ -78,6 +130,13 @@ def keep_mask(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tens
 
     P(keep) = 1 - p up to 2**-32 (the threshold is rounded to an integer).
     """
+    if keys.device.type == "cpu":
+        return _keep_mask_np(keys, site, numel, p)
+    return _keep_mask_torch(keys, site, numel, p)
+
+
+def _keep_mask_torch(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tensor:
+    """:func:`keep_mask` with torch int32 ops, on any device (the CUDA path)."""
     k = _to_i32(keys)  # (U,)
     site_salt = _s32(hash32_py(site * 0x27D4EB2F + 0x165667B1))
     base = _h32(k ^ site_salt)  # (U,)
@@ -87,5 +146,7 @@ def keep_mask(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tens
     j = torch.arange(numel, device=keys.device, dtype=torch.int32)  # (F,)
     h = _h32(j.unsqueeze(0) * stride.unsqueeze(1) + base.unsqueeze(1))  # (U, F)
     threshold = int(round(p * 2**32))
+    if threshold >= 2**32:  # p within 2**-33 of 1: nothing is kept (2**31 overflows int32)
+        return torch.zeros(h.shape, dtype=torch.bool, device=h.device)
     # Flipping the sign bit maps unsigned order onto signed int32 order.
     return (h ^ _s32(0x80000000)) >= threshold - 2**31

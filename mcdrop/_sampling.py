@@ -160,7 +160,7 @@ def _keyed_dropout(
     if channelwise:
         mask_u = mask_u.unsqueeze(-1)  # (U, C, 1)
     if ctx.row_unit is not None:
-        mask = mask_u[ctx.row_unit]  # (N, F) or (N, C, 1)
+        mask = mask_u.index_select(0, ctx.row_unit)  # (N, F) or (N, C, 1)
         xv = xr
     else:
         u, r = len(ctx.keys), ctx.rows_per_unit

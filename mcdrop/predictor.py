@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from mcdrop import _planning, _sampling, layers
-from mcdrop._keyed import unit_keys
+from mcdrop._keyed import unit_keys_many
 from mcdrop._planning import _Plan
 from mcdrop.errors import InvalidInputError, ModelOutputError
 from mcdrop.prediction import MCRequest, Prediction
-from mcdrop.stats import ClassStats, Moments, mc_standard_error
+from mcdrop.stats import ClassStats, Moments, entropy, grouped_moments, mc_standard_error
 
 __all__ = ["MCPredictor", "Prediction", "MCRequest"]
 
@@ -91,6 +91,17 @@ def _model_rejects_inputs() -> Iterator[None]:
             f"the model could not index with these inputs ({exc}); if they are ids or "
             "indices, check that every value is within the model's range"
         ) from exc
+
+
+def _row_slots(units: Sequence[int], widths: Sequence[int]) -> torch.Tensor:
+    """For each row of a chunk of segments (segment k: ``units[k]`` units of ``widths[k]``
+    rows, unit-major), its slot among the segments' rows laid end to end: row i of
+    segment k's block is slot ``sum(widths[:k]) + i % widths[k]``. Shape (N,), int64."""
+    n_seg = torch.tensor([u * b for u, b in zip(units, widths)], dtype=torch.int64)
+    b_seg = torch.tensor(widths, dtype=torch.int64)
+    seg_of = torch.repeat_interleave(torch.arange(len(widths)), n_seg)  # (N,)
+    pos = torch.arange(int(n_seg.sum())) - (torch.cumsum(n_seg, 0) - n_seg)[seg_of]
+    return (torch.cumsum(b_seg, 0) - b_seg)[seg_of] + pos % b_seg[seg_of]
 
 
 def _split_output(y: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -282,7 +293,7 @@ class MCPredictor:
             if not groups:
                 return []
             self._execute(groups, False)
-            return [self._finish(g) for g in groups]
+            return self._finish_many(groups)
 
     def deterministic(self, x: Any) -> torch.Tensor:
         """One plain eval-mode forward pass (no dropout): the cost baseline."""
@@ -365,63 +376,95 @@ class MCPredictor:
         self, plan: _Plan, g: _Group, s0: int, s1: int, rows: torch.Tensor | None
     ) -> Any:
         """Outputs for samples [s0, s1) of one group: (U * B, *O) or a pair of those."""
-        keys = unit_keys(g.seed, torch.arange(s0, s1, device=self.device))
-        return self._forward_segments(plan, [(g, keys, rows)])
+        return self._forward_segments(plan, [(g, s0, s1, rows)])
+
+    def _ensure_frontiers(self, plan: _Plan, groups: Sequence[_Group]) -> None:
+        """Run the deterministic prefix once for every group that has no cached output,
+        all of them in one pass (they share the plan, so their inputs concatenate)."""
+        assert plan.split is not None
+        need = list({id(g): g for g in groups if g.frontier is None}.values())
+        if not need:
+            return
+        with torch.inference_mode(), self._autocast():
+            if len(need) == 1:
+                need[0].frontier = tuple(plan.split.prefix(need[0].x))
+                return
+            sizes = [len(g.x) for g in need]
+            outs = tuple(plan.split.prefix(torch.cat([g.x for g in need])))
+        total = sum(sizes)
+        per_value = [
+            v.split(sizes) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == total
+            else [v] * len(need)
+            for v in outs
+        ]  # fmt: skip
+        for i, g in enumerate(need):
+            g.frontier = tuple(parts[i] for parts in per_value)
 
     def _forward_segments(
-        self, plan: _Plan, segs: Sequence[tuple[_Group, torch.Tensor, torch.Tensor | None]]
+        self, plan: _Plan, segs: Sequence[tuple[_Group, int, int, torch.Tensor | None]]
     ) -> Any:
-        """One forward pass over several (group, unit keys, active rows) segments."""
-        inputs: list[list[Any]] = []
-        counts: list[int] = []
-        for g, keys, rows in segs:
-            u = len(keys)
-            if plan.split is not None:
-                if g.frontier is None:
-                    with torch.inference_mode(), self._autocast():
-                        g.frontier = tuple(plan.split.prefix(g.x))
-                vals = g.frontier
-            else:
-                vals = (g.x,)
+        """One forward pass over (group, first sample, end sample, active rows) segments.
+
+        Output rows are segment-major, then unit-major: segment i contributes
+        (s1 - s0) * b_i rows, unit by unit, each unit holding the segment's b_i rows.
+        """
+        dev = self.device
+        keys = unit_keys_many([(g.seed, s0, s1) for g, s0, s1, _ in segs], dev)  # (U,)
+        if plan.split is not None:
+            self._ensure_frontiers(plan, [g for g, *_ in segs])
+
+        def values(g: _Group, rows: torch.Tensor | None) -> list[Any]:
+            vals = g.frontier if plan.split is not None else (g.x,)
+            assert vals is not None
             b = len(g.x)
-            expanded = []
-            for v in vals:
-                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == b:
-                    v = v if rows is None else v[rows]
+            return [
+                (v if rows is None else v[rows])
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == b
+                else v
+                for v in vals
+            ]  # fmt: skip
+
+        units = [s1 - s0 for _, s0, s1, _ in segs]
+        widths = [len(g.x) if rows is None else len(rows) for g, _, _, rows in segs]
+        per_seg = [values(g, rows) for g, _, _, rows in segs]
+        args: list[Any] = []
+        if len(segs) == 1:
+            u = units[0]
+            for v in per_seg[0]:
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == widths[0]:
                     # reshape copies: the suffix may write in place without touching the cache
                     v = v.unsqueeze(0).expand(u, *v.shape).reshape(u * v.shape[0], *v.shape[1:])
-                expanded.append(v)
-            inputs.append(expanded)
-            counts.append(u * (b if rows is None else len(rows)))
-        if len(segs) == 1:
-            keys = segs[0][1]
-            ctx = _sampling.SamplingContext(
-                mode="keyed", keys=keys, rows_per_unit=counts[0] // len(keys), layouts=plan.layouts
-            )
-            args = inputs[0]
+                args.append(v)
         else:
-            keys = torch.cat([k for _, k, _ in segs])
-            units = torch.tensor([len(k) for _, k, _ in segs], device=self.device)
-            rows_each = torch.tensor(
-                [c // len(k) for c, (_, k, _) in zip(counts, segs)], device=self.device
+            # Row i of segment k's block is row (i mod b_k) of that segment's inputs; one
+            # index_select per input builds every block (and copies, protecting the cache).
+            index = _row_slots(units, widths).to(dev)
+            for j, first in enumerate(per_seg[0]):
+                if (
+                    isinstance(first, torch.Tensor)
+                    and first.dim() > 0
+                    and (first.shape[0] == widths[0])
+                ):
+                    args.append(torch.cat([vals[j] for vals in per_seg]).index_select(0, index))
+                else:
+                    args.append(first)
+        if len(set(widths)) == 1:
+            # Every unit holds the same number of rows: masks broadcast, no gather.
+            ctx = _sampling.SamplingContext(
+                mode="keyed", keys=keys, rows_per_unit=widths[0], layouts=plan.layouts
             )
-            per_unit = torch.repeat_interleave(rows_each, units)  # (U,) rows of each unit
-            row_unit = torch.repeat_interleave(
-                torch.arange(len(keys), device=self.device), per_unit
-            )
+        else:
+            per_unit = torch.repeat_interleave(
+                torch.tensor(widths, device=dev), torch.tensor(units, device=dev)
+            )  # (U,) rows of each unit
+            row_unit = torch.repeat_interleave(torch.arange(len(keys), device=dev), per_unit)
             ctx = _sampling.SamplingContext(
                 mode="keyed", keys=keys, row_unit=row_unit, layouts=plan.layouts
             )
-            args = []
-            for j in range(len(inputs[0])):
-                vs = [inp[j] for inp in inputs]
-                args.append(
-                    torch.cat(vs) if isinstance(vs[0], torch.Tensor) and vs[0].dim() > 0 else vs[0]
-                )
         fn = plan.split.suffix if plan.split is not None else self.model
         with torch.inference_mode(), _sampling.sampling(ctx), self._autocast():
             out = fn(*args)
-        self.last_chunk_rows.append(sum(counts))
+        self.last_chunk_rows.append(sum(u * b for u, b in zip(units, widths)))
         return out
 
     def _new_acc(self, g: _Group, plan: _Plan) -> None:
@@ -495,10 +538,10 @@ class MCPredictor:
             g.draws = [d for p in parts for d in p.draws]
 
     def _run(self, groups: list[_Group], keep: bool) -> None:
-        self.last_chunk_rows = []
         saved = layers.set_mc_flags(self.model)
         try:
             plans = [self._plan(g.x) for g in groups]
+            self.last_chunk_rows = []  # the passes of this call, not those of planning
             # One plan per call keeps the shared forward well-defined.
             if len({id(p) for p in plans}) > 1:
                 for g, p in zip(groups, plans):
@@ -533,11 +576,7 @@ class MCPredictor:
 
     def _run_chunk(self, plan: _Plan, segs: list[tuple[_Group, int, int]], keep: bool) -> None:
         try:
-            seg_keys = [
-                (g, unit_keys(g.seed, torch.arange(s0, s1, device=self.device)), None)
-                for g, s0, s1 in segs
-            ]
-            y = self._forward_segments(plan, seg_keys)
+            y = self._forward_segments(plan, [(g, s0, s1, None) for g, s0, s1 in segs])
         except torch.OutOfMemoryError:
             total = sum((s1 - s0) * len(g.x) for g, s0, s1 in segs)
             if total <= min(len(g.x) for g, _, _ in segs):
@@ -556,15 +595,62 @@ class MCPredictor:
             for piece in pieces:
                 self._run_chunk(plan, [piece], keep)
             return
+        if len(segs) == 1:
+            g, s0, s1 = segs[0]
+            self._fold(g, y, s1 - s0, None, keep or g.keep)
+        else:
+            self._fold_segments(segs, y, keep)
+
+    def _fold_segments(self, segs: list[tuple[_Group, int, int]], y: Any, keep: bool) -> None:
+        """Fold one chunk holding several groups' segments, in a fixed number of tensor
+        operations: the statistics of every (group, row) at once, then per-group views."""
         main, logvar = _split_output(y)
-        offset = 0
-        for g, s0, s1 in segs:
-            n = (s1 - s0) * len(g.x)
-            part: Any = main[offset : offset + n]
-            if logvar is not None:
-                part = (part, logvar[offset : offset + n])
-            self._fold(g, part, s1 - s0, None, keep or g.keep)
-            offset += n
+        main = main.float()  # (N, *O)
+        units = [s1 - s0 for _, s0, s1 in segs]
+        widths = [len(g.x) for g, _, _ in segs]
+        if not bool(torch.isfinite(main).all()):
+            offset = 0
+            for (g, _, _), u, b in zip(segs, units, widths):  # finds and names the rows
+                part = main[offset : offset + u * b]
+                lv = None if logvar is None else logvar[offset : offset + u * b]
+                self._fold(g, part if lv is None else (part, lv), u, None, False)
+                offset += u * b
+        if self.task == "classification" and main.dim() != 2:
+            raise ModelOutputError(
+                "a classifier must return logits shaped (batch, classes); "
+                f"got per-row shape {tuple(main.shape[1:])}"
+            )
+        dev = main.device
+        slot = _row_slots(units, widths).to(dev)
+        n_slots = sum(widths)
+        x = main.double()
+        if self.task == "classification":
+            x = torch.softmax(x, dim=-1)  # (N, C)
+            ent = torch.zeros(n_slots, dtype=torch.float64, device=dev)
+            ent.index_add_(0, slot, entropy(x))
+            votes = torch.zeros(n_slots, x.shape[1], dtype=torch.float64, device=dev)
+            votes.index_put_(
+                (slot, x.argmax(dim=-1)),
+                torch.ones(len(slot), dtype=torch.float64, device=dev),
+                accumulate=True,
+            )
+        mean, m2 = grouped_moments(x, slot, n_slots)
+        if logvar is not None:
+            h_mean, h_m2 = grouped_moments(torch.exp(logvar.double()), slot, n_slots)
+        t = offset = 0
+        for (g, _, _), u, b in zip(segs, units, widths):
+            sl = slice(t, t + b)
+            if self.task == "classification":
+                g.acc.add(u, mean[sl], m2[sl], ent[sl], votes[sl])
+            else:
+                g.acc.add(u, mean[sl], m2[sl])
+                if logvar is not None:
+                    assert g.hetero_acc is not None
+                    g.hetero_acc.add(u, h_mean[sl], h_m2[sl])
+            if keep or g.keep:
+                g.draws.append(main[offset : offset + u * b].reshape(u, b, *main.shape[1:]).cpu())
+            t += b
+            offset += u * b
 
     # ------------------------------------------------------------------ adaptive / exact
 
@@ -574,10 +660,10 @@ class MCPredictor:
         if rtol < 0 or atol < 0 or (rtol == 0 and atol == 0):
             raise InvalidInputError("rtol and atol must be >= 0 and not both 0")
         g = _Group(x, seed, min(first, cap))
-        self.last_chunk_rows = []
         saved = layers.set_mc_flags(self.model)
         try:
             plan = self._plan(x)
+            self.last_chunk_rows = []
             self._new_acc(g, plan)
             per_row = torch.full((len(x),), 0, dtype=torch.int64)
             active = torch.arange(len(x), device=self.device)
@@ -619,47 +705,64 @@ class MCPredictor:
     # ------------------------------------------------------------------ summaries
 
     def _finish(self, g: _Group) -> Prediction:
-        b = len(g.x)
-        draws = torch.cat(g.draws) if g.draws else None
-        per_row = torch.full((b,), g.samples, dtype=torch.int64)
+        return self._finish_many([g])[0]
+
+    def _finish_many(self, groups: Sequence[_Group]) -> list[Prediction]:
+        """Predictions of finished groups. Summaries are row-wise, so groups whose rows have
+        the same output shape are summarised together (their accumulators laid end to
+        end) and each gets views of its rows: a fixed number of operations per call."""
+        out: list[Prediction | None] = [None] * len(groups)
+        buckets: dict[tuple[Any, ...], list[int]] = {}
+        for i, g in enumerate(groups):
+            m = g.acc.moments if self.task == "classification" else g.acc
+            buckets.setdefault((tuple(m.mean.shape[1:]), g.hetero_acc is not None), []).append(i)
+        for idx in buckets.values():
+            part = [groups[i] for i in idx]
+            for i, pred in zip(idx, self._finish_bucket(part)):
+                out[i] = pred
+        return out  # type: ignore[return-value]
+
+    def _finish_bucket(self, groups: list[_Group]) -> list[Prediction]:
+        one = len(groups) == 1
+        fields: dict[str, torch.Tensor]
+        count: torch.Tensor | None
         if self.task == "classification":
-            summ = g.acc.summary()
-            var = g.acc.moments.variance()
-            count = g.acc.moments.count
-            return Prediction(
+            acc = groups[0].acc if one else ClassStats.concat([g.acc for g in groups])
+            fields = acc.summary()
+            var = sampled = acc.moments.variance()
+            fields["mean"] = fields["probs"]
+            count = acc.moments.count
+        else:
+            m: Moments = groups[0].acc if one else Moments.concat([g.acc for g in groups])
+            epi = m.variance()
+            alea = torch.zeros_like(epi)
+            h_parts = [g.hetero_acc for g in groups if g.hetero_acc is not None]
+            if h_parts:
+                hetero = h_parts[0] if one else Moments.concat(h_parts)
+                assert hetero.mean is not None
+                alea = alea + hetero.mean
+            if self.tau is not None:
+                alea = alea + 1.0 / self.tau
+            var = epi + alea
+            count, sampled = m.count, epi  # the MC standard error is of the sampled part
+            fields = {"mean": m.mean, "epistemic_variance": epi, "aleatoric_variance": alea}  # type: ignore[dict-item]
+        assert count is not None
+        fields["variance"] = var
+        fields["std"] = var.sqrt()
+        fields["stderr"] = mc_standard_error(sampled, count)
+        sizes = [len(g.x) for g in groups]
+        parts = {k: (v,) if one else v.split(sizes) for k, v in fields.items()}
+        return [
+            Prediction(
                 task=self.task,
-                mean=summ["probs"],
-                variance=var,
-                std=var.sqrt(),
-                stderr=mc_standard_error(var, count),
                 samples=g.samples,
-                samples_per_row=per_row,
+                samples_per_row=torch.full((sizes[i],), g.samples, dtype=torch.int64),
                 seed=g.seed,
-                draws=draws,
-                **summ,
+                draws=torch.cat(g.draws) if g.draws else None,
+                **{k: v[i] for k, v in parts.items()},  # type: ignore[arg-type]
             )
-        m: Moments = g.acc
-        epi = m.variance()
-        alea = torch.zeros_like(epi)
-        if g.hetero_acc is not None and g.hetero_acc.mean is not None:
-            alea = alea + g.hetero_acc.mean
-        if self.tau is not None:
-            alea = alea + 1.0 / self.tau
-        var = epi + alea
-        assert m.count is not None and m.mean is not None
-        return Prediction(
-            task=self.task,
-            mean=m.mean,
-            variance=var,
-            std=var.sqrt(),
-            stderr=mc_standard_error(epi, m.count),
-            samples=g.samples,
-            samples_per_row=per_row,
-            seed=g.seed,
-            epistemic_variance=epi,
-            aleatoric_variance=alea,
-            draws=draws,
-        )
+            for i, g in enumerate(groups)
+        ]
 
     def describe(self, x: Any) -> dict[str, Any]:
         """How the engine runs inputs shaped like ``x``: sites, split strategy, chunk rows."""

@@ -13,6 +13,7 @@ __all__ = [
     "Moments",
     "ClassStats",
     "entropy",
+    "grouped_moments",
     "mc_standard_error",
 ]
 
@@ -33,12 +34,18 @@ class Moments:
     def update(self, draws: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Fold in ``draws`` of shape (k, b, *O) for rows ``rows`` (all rows when None)."""
         x = draws.to(torch.float64)
-        k = x.shape[0]
         bmean = x.mean(dim=0)  # (b, *O)
-        bm2 = ((x - bmean) ** 2).sum(dim=0)
+        self.add(x.shape[0], bmean, ((x - bmean) ** 2).sum(dim=0), rows)
+
+    def add(
+        self, k: int, bmean: torch.Tensor, bm2: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> None:
+        """Fold in ``k`` draws per row given by their mean and M2, each (b, *O) float64."""
         if self.mean is None:
             assert rows is None, "first update must cover every row"
-            self.count = torch.full((x.shape[1],), float(k), dtype=torch.float64, device=x.device)
+            self.count = torch.full(
+                (bmean.shape[0],), float(k), dtype=torch.float64, device=bmean.device
+            )
             self.mean, self.m2 = bmean, bm2
             return
         assert self.count is not None and self.m2 is not None
@@ -50,6 +57,15 @@ class Moments:
         self.mean[idx] = self.mean[idx] + delta * (k / n)
         self.m2[idx] = self.m2[idx] + bm2 + delta**2 * (na_b * k / n)
         self.count[idx] = na + k
+
+    @classmethod
+    def concat(cls, parts: list[Moments]) -> Moments:
+        """One accumulator holding the rows of ``parts`` one after another."""
+        out = cls()
+        out.count = torch.cat([p.count for p in parts])  # type: ignore[misc]
+        out.mean = torch.cat([p.mean for p in parts])  # type: ignore[misc]
+        out.m2 = torch.cat([p.m2 for p in parts])  # type: ignore[misc]
+        return out
 
     def merge(self, other: Moments) -> None:
         """Fold in another accumulator over the same rows (Chan's parallel update)."""
@@ -95,21 +111,45 @@ class ClassStats:
     def update(self, probs: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """``probs``: (k, b, C) softmax probabilities of k samples."""
         p = probs.to(torch.float64)
-        self.moments.update(p, rows)
-        ent = entropy(p).sum(dim=0)  # (b,)
+        bmean = p.mean(dim=0)  # (b, C)
         votes = torch.zeros(p.shape[1:], dtype=torch.float64, device=p.device)
         votes.scatter_add_(
             -1,
             p.argmax(dim=-1).T,
             torch.ones(p.shape[1], p.shape[0], dtype=torch.float64, device=p.device),
         )
+        self.add(
+            p.shape[0], bmean, ((p - bmean) ** 2).sum(dim=0), entropy(p).sum(dim=0), votes, rows
+        )
+
+    def add(
+        self,
+        k: int,
+        bmean: torch.Tensor,
+        bm2: torch.Tensor,
+        entropy_sum: torch.Tensor,
+        votes: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        """Fold in ``k`` samples per row given by the mean and M2 of their probabilities
+        (b, C), the sum of their entropies (b,) and their argmax counts (b, C)."""
+        self.moments.add(k, bmean, bm2, rows)
         if self.entropy_sum is None:
-            self.entropy_sum, self.votes = ent, votes
+            self.entropy_sum, self.votes = entropy_sum, votes
             return
         assert self.votes is not None
         idx = rows if rows is not None else slice(None)
-        self.entropy_sum[idx] += ent
+        self.entropy_sum[idx] += entropy_sum
         self.votes[idx] += votes
+
+    @classmethod
+    def concat(cls, parts: list[ClassStats]) -> ClassStats:
+        """One accumulator holding the rows of ``parts`` one after another."""
+        out = cls()
+        out.moments = Moments.concat([p.moments for p in parts])
+        out.entropy_sum = torch.cat([p.entropy_sum for p in parts])  # type: ignore[misc]
+        out.votes = torch.cat([p.votes for p in parts])  # type: ignore[misc]
+        return out
 
     def merge(self, other: ClassStats) -> None:
         """Fold in another accumulator over the same rows."""
@@ -140,6 +180,22 @@ class ClassStats:
             "mutual_information": mi,
             "variation_ratio": vr,
         }
+
+
+def grouped_moments(
+    x: torch.Tensor, index: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and M2 of the rows of ``x`` (N, *O) gathered into ``size`` groups by ``index``
+    (N,): the statistics of many (request, row) pairs of one forward chunk in a fixed
+    number of operations. Every group must receive at least one row."""
+    x = x.to(torch.float64)
+    count = torch.zeros(size, dtype=torch.float64, device=x.device)
+    count.index_add_(0, index, torch.ones(len(index), dtype=torch.float64, device=x.device))
+    total = torch.zeros((size, *x.shape[1:]), dtype=torch.float64, device=x.device)
+    mean = total.index_add_(0, index, x) / count.view(-1, *([1] * (x.dim() - 1)))
+    dev = x - mean.index_select(0, index)
+    m2 = torch.zeros_like(mean).index_add_(0, index, dev * dev)
+    return mean, m2
 
 
 def mc_standard_error(variance: torch.Tensor, samples: torch.Tensor | int) -> torch.Tensor:

@@ -151,12 +151,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise ModelNotReady(f"model '{self.name}' is shutting down; retry elsewhere")
-            if len(self._queue) >= self.max_queue_size:
-                self._count("rejected")
-                raise QueueFull(
-                    f"model '{self.name}' has {len(self._queue)} requests waiting (the limit); "
-                    "retry after a short wait"
-                )
+            self._refuse_if_full()
             self._queue.append(item)
             self._set_depth()
             self._cond.notify()
@@ -172,6 +167,21 @@ class Batcher:
                     "retry with fewer rows or samples, or later"
                 ) from None
             raise
+
+    def refuse_if_full(self) -> None:
+        """Raise QueueFull now if the queue is full: routes call it before reading and
+        parsing the body, so that past saturation a refusal costs next to nothing."""
+        if len(self._queue) >= self.max_queue_size:
+            with self._cond:
+                self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:
+        if len(self._queue) >= self.max_queue_size:
+            self._count("rejected")
+            raise QueueFull(
+                f"model '{self.name}' has {len(self._queue)} requests waiting (the limit); "
+                "retry after a short wait"
+            )
 
     def _abandon(self, item: _Item) -> bool:
         """Take ``item`` out of the queue if it has not started; True if it was."""

@@ -20,13 +20,17 @@ T = TypeVar("T")
 _THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 
 
-def get_plane(request: Request) -> DataPlane:
+# The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
+# its thread pool, two thread hops per request for a dictionary lookup.
+
+
+async def get_plane(request: Request) -> DataPlane:
     """The app's :class:`~service.runtime.DataPlane`."""
     plane: DataPlane = request.app.state.plane
     return plane
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """When MCDROP_API_KEY is set, require ``Authorization: Bearer <key>`` (401 otherwise)."""
     key: str | None = request.app.state.settings.api_key
     if key is None:

@@ -73,6 +73,7 @@ async def predict(
     name: str, request: Request, plane: DataPlane = Depends(get_plane)
 ) -> JSONResponse:
     """MC dropout prediction: mean, variance, std, stderr (+ class statistics)."""
+    plane.refuse_if_busy(name)  # before reading the body: a refusal must cost little
     body = await read_json(request)
     return JSONResponse(await unless_disconnected(request, plane.predict_v1(name, body)))
 

@@ -112,6 +112,7 @@ async def infer(
     name: str, request: Request, version: str | None = None, plane: DataPlane = Depends(get_plane)
 ) -> JSONResponse:
     """Inference; MC options in ``parameters``: ``mc_samples``, ``seed``."""
+    plane.refuse_if_busy(name)  # before reading the body: a refusal must cost little
     body = await read_json(request, v2=True)
     return JSONResponse(await unless_disconnected(request, plane.infer_v2(name, body, version)))
 

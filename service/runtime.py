@@ -674,6 +674,13 @@ class DataPlane:
             "failures": dict(self.failures),
         }
 
+    def refuse_if_busy(self, name: str) -> None:
+        """503 (QueueFull) at once when model ``name`` has a full queue; nothing otherwise
+        (unknown names are reported after the body is read, as before)."""
+        rt = self.models.get(name)
+        if rt is not None and rt.batcher is not None:
+            rt.batcher.refuse_if_full()
+
     async def predict_v1(self, name: str, body: Any) -> dict[str, Any]:
         """``POST /v1/models/{name}/predict`` on an already parsed JSON body."""
         rt = self.get(name)

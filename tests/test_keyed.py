@@ -6,7 +6,15 @@ import math
 
 import torch
 
-from mcdrop._keyed import hash32, hash32_py, keep_mask, unit_keys
+from mcdrop._keyed import (
+    _keep_mask_np,
+    _keep_mask_torch,
+    hash32,
+    hash32_py,
+    keep_mask,
+    unit_keys,
+    unit_keys_many,
+)
 
 
 def test_hash_matches_python_reference() -> None:
@@ -58,3 +66,20 @@ def test_keep_mask_matches_python_reference_bit_for_bit() -> None:
         stride = hash32_py((base + 0x9E3779B9) & 0xFFFFFFFF) | 1
         ref = [hash32_py((j * stride + base) & 0xFFFFFFFF) >= threshold for j in range(numel)]
         assert got[u].tolist() == ref
+
+
+def test_numpy_and_torch_mask_paths_give_the_same_bits() -> None:
+    # The CPU path (numpy uint32) and the device path (torch int32) must agree bit for bit,
+    # including thresholds near both ends of the range.
+    keys = unit_keys(2**40 + 17, torch.arange(64))
+    for site, numel, p in [(0, 1, 0.5), (3, 129, 0.1), (7, 300, 0.99), (1, 50, 1e-9),
+                           (2, 40, 1.0 - 1e-12)]:  # fmt: skip
+        assert torch.equal(
+            _keep_mask_np(keys, site, numel, p), _keep_mask_torch(keys, site, numel, p)
+        ), (site, numel, p)
+
+
+def test_unit_keys_many_equals_one_range_at_a_time() -> None:
+    ranges = [(7, 0, 5), (2**63 - 1, 10, 11), (0, 3, 40), (7, 5, 9)]
+    want = torch.cat([unit_keys(s, torch.arange(a, b)) for s, a, b in ranges])
+    assert torch.equal(unit_keys_many(ranges), want)

@@ -212,6 +212,64 @@ def test_predict_many_equals_predict_alone() -> None:
         assert torch.allclose(m.variance, alone.variance, atol=1e-6)
 
 
+_FIELDS = ("mean", "variance", "std", "stderr", "epistemic_variance", "aleatoric_variance",
+           "probs", "predictive_entropy", "expected_entropy", "mutual_information",
+           "variation_ratio", "samples_per_row", "draws")  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["classifier", "hetero+tau", "no-split"])
+@pytest.mark.parametrize("widths", [(1,) * 12, (1, 3, 2, 1, 4)])
+def test_predict_many_in_one_chunk_equals_each_alone(case: str, widths: tuple[int, ...]) -> None:
+    # Many requests in one forward chunk take the batched paths (one prefix pass for all,
+    # one index_select per input, grouped statistics, summaries laid end to end); equal
+    # widths use the broadcast mask layout, mixed widths the per-row gather. Every field
+    # must equal the request run alone, up to float rounding.
+    torch.manual_seed(3)
+    if case == "classifier":
+        pred = MCPredictor(classifier(), samples=30, task="classification")
+        feats = 5
+    elif case == "hetero+tau":
+        pred = MCPredictor(HeteroNet(), samples=30, tau=4.0)
+        feats = 2
+    else:
+        pred = MCPredictor(classifier(), samples=30, task="classification", split="off")
+        feats = 5
+    g = torch.Generator().manual_seed(1)
+    reqs = [
+        MCRequest(torch.randn(b, feats, generator=g), 20 + 3 * i, 100 + i, return_samples=i == 1)
+        for i, b in enumerate(widths)
+    ]
+    many = pred.predict_many(reqs)
+    assert len(pred.last_chunk_rows) == 1  # one forward chunk held them all
+    for r, m in zip(reqs, many):
+        alone = pred.predict(r.inputs, samples=r.samples, seed=r.seed,
+                             return_samples=r.return_samples)  # fmt: skip
+        assert (m.samples, m.seed) == (r.samples, r.seed)
+        for name in _FIELDS:
+            a, b = getattr(m, name), getattr(alone, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert a.shape == b.shape, name
+                # float32 model outputs: rounding differs with the batch the rows ran in
+                assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
+
+
+def test_predict_many_names_the_request_whose_rows_go_non_finite() -> None:
+    class Blowup(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = MCDropout(0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log(self.drop(x) + 1)  # NaN where a negative entry is kept
+
+    pred = MCPredictor(Blowup(), samples=8)
+    ok = torch.ones(1, 3)
+    bad = torch.full((1, 3), -1.0)
+    with pytest.raises(ModelOutputError, match="NaN or Inf"):
+        pred.predict_many([MCRequest(ok + 1, seed=1), MCRequest(bad, seed=2)])
+
+
 def test_split_paths_match_replication() -> None:
     torch.manual_seed(2)
     seq = nn.Sequential(

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from svc_helpers import app_client, make_settings
+from svc_helpers import app_client, make_settings, write_tiny_repo
 
 pytestmark = pytest.mark.anyio
 
@@ -362,6 +362,33 @@ async def test_full_queue_answers_503_with_retry_after(client: httpx.AsyncClient
     full = next(r for r in rs if r.status_code == 503)
     assert full.headers["retry-after"] == "1"
     _error(full, 503, "requests waiting")
+
+
+async def test_full_queue_refuses_before_reading_the_body(tmp_path: Path) -> None:
+    # While the queue is full, a request is refused before its body is parsed: even a
+    # malformed body gets the 503 (parsing it would be wasted work past saturation).
+    repo = write_tiny_repo(tmp_path / "repo", slow_delay=1.0, broken=False)
+    async with app_client(make_settings(repo, request_timeout_s=30.0)) as client:
+        payload = {"inputs": [ROW], "samples": 2}
+
+        def post() -> asyncio.Future[httpx.Response]:
+            return asyncio.ensure_future(client.post("/v1/models/slow/predict", json=payload))
+
+        batcher = client.app.state.plane.models["slow"].batcher  # type: ignore[attr-defined]
+        busy = [post()]
+        await asyncio.sleep(0.3)  # the worker takes it and sleeps 1 s in the model
+        busy += [post() for _ in range(4)]
+        for _ in range(100):  # until the 4 wait in the queue (its limit); <= 1 s
+            if batcher.depth >= batcher.max_queue_size:
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.depth == batcher.max_queue_size == 4
+        bad = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+        for path in ("/v1/models/slow/predict", "/v2/models/slow/infer"):
+            _error(await client.post(path, **bad), 503, "requests waiting")  # type: ignore[arg-type]
+        assert [r.status_code for r in await asyncio.gather(*busy)] == [200] * 5
+        r = await client.post("/v1/models/slow/predict", **bad)  # type: ignore[arg-type]
+        assert r.status_code == 400  # with room again, the body is read and judged
 
 
 async def test_request_timeout_is_504(tiny_repo: Path) -> None:

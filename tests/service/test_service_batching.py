@@ -119,8 +119,20 @@ async def test_full_queue_is_refused_at_once() -> None:
         with pytest.raises(QueueFull) as info:
             await b.submit(MCRequest(3), 1, 5)
         assert info.value.headers["Retry-After"] == "1"
+        with pytest.raises(QueueFull):  # the check routes make before reading a body
+            b.refuse_if_full()
         engine.gate.set()
         await asyncio.gather(first, *queued)
+    finally:
+        b.stop(5)
+
+
+async def test_refuse_if_full_passes_while_there_is_room() -> None:
+    engine = FakeEngine()
+    b = _batcher(engine, max_queue_size=1, batching=False)
+    try:
+        b.refuse_if_full()  # empty queue: no exception
+        assert float((await b.submit(MCRequest(5), 1, 5)).mean) == 5
     finally:
         b.stop(5)
 
