@@ -12,8 +12,13 @@ Then a server with a small queue (MCDROP_MAX_QUEUE_SIZE) is driven at concurrenc
 the excess must get a fast 503, not an ever longer wait. Targets are printed PASS/FAIL;
 the output ends with a markdown table and one JSON line.
 
-Every phase stops at a request count or a time limit, whichever comes first. The load
-generator runs on the same machine as the server: on a small CPU it takes a share of it.
+Load generator (``--generator``): ``wrk`` when it is installed (``apt-get install wrk``; C,
+one thread, about 2 % of a core here), else the Python httpx one, which on a 2-core machine
+takes a large share of the CPU it measures. An httpx phase stops at a request count or a
+time limit, whichever comes first; a wrk phase runs for the time limit (wrk cannot end
+early without spoiling its rate) with a request cap as a safety net. With wrk the
+saturation phase reports client latencies over all statuses and the per-status figures
+from the server's access log.
 The helpers here are also used by soak.py.
 """
 
@@ -134,6 +139,87 @@ async def run_phase(
     return res
 
 
+_WRK_SCRIPT = r"""
+wrk.method = "POST"
+wrk.body = io.open(BODY_PATH, "rb"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) n = 0; ok = 0; s503 = 0; other = 0 end
+function response(status, headers, body)
+  n = n + 1
+  if status == 200 then ok = ok + 1 elseif status == 503 then s503 = s503 + 1
+  else other = other + 1 end
+  if n >= MAX_REQUESTS then wrk.thread:stop() end  -- a safety net only: see run_phase_wrk
+end
+function done(summary, latency, requests)
+  local a, b, c = 0, 0, 0
+  for _, t in ipairs(threads) do
+    a = a + t:get("ok"); b = b + t:get("s503"); c = c + t:get("other")
+  end
+  local e = summary.errors
+  io.write(string.format('WRK {"duration_us":%d,"ok":%d,"s503":%d,"other":%d,' ..
+    '"p50":%d,"p95":%d,"p99":%d,"socket_errors":%d}\n', summary.duration, a, b, c,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    """A phase measured by wrk: counts by status and latency percentiles (seconds)."""
+
+    concurrency: int
+    elapsed: float
+    statuses: Counter[str]
+    percentiles: dict[float, float]
+
+    @property
+    def count(self) -> int:
+        return sum(self.statuses.values())
+
+    def throughput(self) -> float:
+        return self.statuses.get("200", 0) / self.elapsed if self.elapsed > 0 else 0.0
+
+    def pct(self, q: float, status: str = "200") -> float:
+        return self.percentiles.get(q, float("nan"))
+
+
+def run_phase_wrk(
+    url: str, path: str, payload: dict[str, Any], concurrency: int, max_requests: int,
+    max_seconds: float,
+) -> WrkResult:  # fmt: skip
+    """The same closed loop driven by ``wrk`` (C, one thread): ``concurrency`` connections
+    for ``max_seconds``. It costs the shared CPU far less than the Python generator, so the
+    figures are more the server's own. wrk's run always lasts its duration, so a count cap
+    cannot end a phase early without spoiling the rate: ``max_requests`` is only a safety
+    net (the connections go quiet once it is reached) and a phase that hits it is an error."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        body, script = Path(tmp) / "body.json", Path(tmp) / "post.lua"
+        body.write_text(json.dumps(payload))
+        script.write_text(
+            f"BODY_PATH = {json.dumps(str(body))}\nMAX_REQUESTS = {max_requests}\n" + _WRK_SCRIPT
+        )
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(max_seconds))}s",
+               "--timeout", "30s", "-s", str(script), url + path]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no summary (exit {out.returncode}): {out.stderr[-500:]}")
+    r = json.loads(line[4:])
+    if r["ok"] + r["s503"] + r["other"] >= max_requests:
+        raise RuntimeError(f"wrk reached the safety cap of {max_requests} requests: raise it")
+    statuses = Counter({"200": r["ok"], "503": r["s503"], "other": r["other"],
+                        "socket_error": r["socket_errors"]})  # fmt: skip
+    pcts = {q: r[f"p{q}"] / 1e6 for q in (50, 95, 99)}
+    return WrkResult(concurrency, r["duration_us"] / 1e6, +statuses, pcts)
+
+
 # ------------------------------------------------------------------ metrics and /proc
 
 
@@ -205,7 +291,7 @@ def _fmt_ms(x: float) -> str:
     return "n/a" if x != x else f"{x * 1000:.1f}"
 
 
-def _phase_row(mode: str, r: PhaseResult, b: dict[str, float]) -> dict[str, Any]:
+def _phase_row(mode: str, r: PhaseResult | WrkResult, b: dict[str, float]) -> dict[str, Any]:
     errors = {k: v for k, v in r.statuses.items() if k != "200"}
     return {
         "mode": mode,
@@ -232,7 +318,15 @@ async def _drive(
     rows = []
     for c in args.concurrency:
         before = scrape(server.url)
-        r = await run_phase(server.url, path, payload, c, max(args.requests, 4 * c), args.seconds)
+        n = max(args.requests, 4 * c)
+        r: PhaseResult | WrkResult
+        if args.generator == "wrk":
+            cap = 100 * n  # a safety net, not the bound of the phase (its duration is)
+            r = await asyncio.to_thread(
+                run_phase_wrk, server.url, path, payload, c, cap, args.seconds
+            )
+        else:
+            r = await run_phase(server.url, path, payload, c, n, args.seconds)
         b = batch_stats(before, scrape(server.url), model)
         row = _phase_row(mode, r, b)
         rows.append(row)
@@ -249,12 +343,23 @@ async def _saturate(server: ServerProcess, model: str, payload: dict[str, Any], 
     path = f"/v1/models/{model}/predict"
     await run_phase(server.url, path, payload, 4, 20, 10)
     before = scrape(server.url)
-    r = await run_phase(
-        server.url, path, payload, args.saturation_concurrency,
-        max(args.requests, 8 * args.saturation_concurrency), args.seconds,
-    )  # fmt: skip
+    n = max(args.requests, 8 * args.saturation_concurrency)
+    r: PhaseResult | WrkResult
+    if args.generator == "wrk":  # client-side figures: all statuses together
+        r = await asyncio.to_thread(
+            run_phase_wrk, server.url, path, payload, args.saturation_concurrency, 1000 * n,
+            args.seconds,
+        )  # fmt: skip
+        by_status: dict[str, list[float]] = {}
+    else:
+        r = await run_phase(server.url, path, payload, args.saturation_concurrency, n, args.seconds)
+        by_status = r.latencies
     b = batch_stats(before, scrape(server.url), model)
     srv = server_latencies(server.log_path, "/predict")
+
+    def client_pct(q: float) -> float:
+        return r.pct(q, "503") if by_status else r.pct(q)
+
     return {
         **_phase_row("saturation", r, b),
         "server_p50_503_ms": round(_pct(srv.get("503", []), 50) * 1000, 2),
@@ -263,10 +368,10 @@ async def _saturate(server: ServerProcess, model: str, payload: dict[str, Any], 
         "server_max_200_ms": round(max(srv.get("200", [float("nan")])) * 1000, 1),
         "queue_size": args.saturation_queue,
         "n_503": r.statuses.get("503", 0),
-        "p50_503_ms": round(r.pct(50, "503") * 1000, 1),
-        "p95_503_ms": round(r.pct(95, "503") * 1000, 1),
-        "max_503_ms": round(max(r.latencies.get("503", [float("nan")])) * 1000, 1),
-        "max_200_ms": round(max(r.ok() or [float("nan")]) * 1000, 1),
+        "p50_503_ms": round(client_pct(50) * 1000, 1),
+        "p95_503_ms": round(client_pct(95) * 1000, 1),
+        "max_503_ms": round(max(by_status.get("503", [float("nan")])) * 1000, 1),
+        "max_200_ms": round(max(by_status.get("200", [float("nan")])) * 1000, 1),
     }
 
 
@@ -325,7 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue-delay-ms", type=float, default=None,
                    help="MCDROP_MAX_QUEUE_DELAY_MS (default: the service's)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="few requests per phase (smoke run)")
+    p.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto",
+                   help="load generator of the on/off phases: wrk (when installed: "
+                        "apt-get install wrk) or the Python httpx one (default: auto)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.generator == "auto":
+        import shutil
+
+        args.generator = "wrk" if shutil.which("wrk") else "httpx"
     if args.quick:
         args.requests, args.seconds = 120, 5.0
     models_dir = args.models_dir.resolve()
@@ -333,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.queue_delay_ms is not None:
         base_env["MCDROP_MAX_QUEUE_DELAY_MS"] = str(args.queue_delay_ms)
 
-    print(f"load benchmark: {args.model}, S = {args.samples}, {versions()}", flush=True)
+    print(f"load benchmark: {args.model}, S = {args.samples}, generator {args.generator}, "
+          f"{versions()}", flush=True)  # fmt: skip
     rows: list[dict[str, Any]] = []
     payload: dict[str, Any] = {}
     for mode, extra in (("on", {}), ("off", {"MCDROP_BATCHING": "false"})):
@@ -383,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"c=32 throughput ratio on/off: {ratio:.2f}x")
     result = {
         "bench": "load", "model": args.model, "samples": args.samples,
+        "generator": args.generator,
         "versions": versions(), "phases": rows, "saturation": sat, "targets": targets,
     }  # fmt: skip
     print(json.dumps(result, separators=(",", ":")))
