@@ -171,9 +171,7 @@ class Batcher:
     def refuse_if_full(self) -> None:
         """Raise QueueFull now if the queue is full: routes call it before reading and
         parsing the body, so that past saturation a refusal costs next to nothing."""
-        if len(self._queue) >= self.max_queue_size:
-            with self._cond:
-                self._refuse_if_full()
+        self._refuse_if_full()  # no lock: a momentary depth is all a refusal needs
 
     def _refuse_if_full(self) -> None:
         if len(self._queue) >= self.max_queue_size:
