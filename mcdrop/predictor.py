@@ -615,6 +615,7 @@ class MCPredictor:
                 lv = None if logvar is None else logvar[offset : offset + u * b]
                 self._fold(g, part if lv is None else (part, lv), u, None, False)
                 offset += u * b
+            raise ModelOutputError("the model returned NaN or Inf")  # not reached: a _fold raised
         if self.task == "classification" and main.dim() != 2:
             raise ModelOutputError(
                 "a classifier must return logits shaped (batch, classes); "
