@@ -44,7 +44,8 @@ class Settings:
     batching : bool
         False runs every request alone (for benchmarks).
     max_queue_delay_ms : float
-        How long the batcher waits for more requests after the first one arrives.
+        How long the batcher waits for more requests after the first one arrives (only
+        while requests come together: not after a batch of one).
     max_queue_size : int
         Requests waiting per model; beyond it requests get 503 with Retry-After.
     request_timeout_s : float

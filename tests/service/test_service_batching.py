@@ -107,6 +107,30 @@ async def test_a_failing_request_does_not_fail_its_batch() -> None:
         b.stop(5)
 
 
+async def test_lone_requests_skip_the_queue_delay_and_bursts_still_batch() -> None:
+    engine = FakeEngine()
+    b = _batcher(engine, max_delay_s=0.3)
+    try:
+        t0 = time.monotonic()
+        await b.submit(MCRequest(0), 1, 5)  # no batch seen yet: waits for company
+        first = time.monotonic() - t0
+        t0 = time.monotonic()
+        for i in range(3):  # a lone closed-loop client: after a batch of one, no wait
+            await b.submit(MCRequest(i), 1, 5)
+        lone = (time.monotonic() - t0) / 3
+        assert first >= 0.25 and lone < 0.15, (first, lone)
+        # A burst queued at once is still taken together, and that turns the wait back on.
+        preds = await asyncio.gather(*(b.submit(MCRequest(i), 1, 5) for i in range(6)))
+        assert [float(p.mean) for p in preds] == list(range(6))
+        burst = engine.calls[4:]  # [6], or [1, 5] if the worker woke between the submits
+        assert engine.calls[:4] == [1] * 4 and sum(burst) == 6 and burst[-1] > 1, engine.calls
+        t0 = time.monotonic()
+        await b.submit(MCRequest(9), 1, 5)
+        assert time.monotonic() - t0 >= 0.25  # waited for company again
+    finally:
+        b.stop(5)
+
+
 async def test_full_queue_is_refused_at_once() -> None:
     engine = FakeEngine()
     engine.gate.clear()
