@@ -50,7 +50,8 @@ def configure_logging(level: str) -> None:
         setattr(h, handler_flag, True)
         access.addHandler(h)
     access.propagate = False
-    access.setLevel(logging.INFO)
+    # Access lines are INFO records: "warning" and above turn them off, as in uvicorn.
+    access.setLevel(level.upper())
 
 
 def app_factory() -> FastAPI:

@@ -116,3 +116,22 @@ def test_devices_setting_shards_samples_and_keeps_answers(tmp_path: Path) -> Non
     single = load_model(DEFAULT_MODELS_DIR / "toy1d").predictor().predict(x, samples=30, seed=3)
     sharded = pred.predict(x, samples=30, seed=3)
     assert np.allclose(single.mean.numpy(), sharded.mean.numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("level", "access_on"), [("debug", True), ("info", True), ("warning", False), ("error", False)]
+)
+def test_log_level_switches_the_access_lines(level: str, access_on: bool) -> None:
+    import logging
+
+    from service.server import configure_logging
+
+    access = logging.getLogger("mcdrop.access")
+    saved = access.level, logging.getLogger("mcdrop").level
+    try:
+        configure_logging(level)
+        assert access.isEnabledFor(logging.INFO) is access_on
+        assert logging.getLogger("mcdrop").level == logging.getLevelName(level.upper())
+    finally:
+        access.setLevel(saved[0])
+        logging.getLogger("mcdrop").setLevel(saved[1])
