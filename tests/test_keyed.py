@@ -79,6 +79,14 @@ def test_numpy_and_torch_mask_paths_give_the_same_bits() -> None:
         ), (site, numel, p)
 
 
+def test_large_masks_take_the_numpy_path_with_the_same_bits() -> None:
+    from mcdrop._keyed import _NUMPY_MIN
+
+    keys = unit_keys(5, torch.arange(300))
+    assert 300 * 500 >= _NUMPY_MIN  # keep_mask dispatches this one to numpy on the CPU
+    assert torch.equal(keep_mask(keys, 2, 500, 0.3), _keep_mask_torch(keys, 2, 500, 0.3))
+
+
 def test_unit_keys_many_equals_one_range_at_a_time() -> None:
     ranges = [(7, 0, 5), (2**63 - 1, 10, 11), (0, 3, 40), (7, 5, 9)]
     want = torch.cat([unit_keys(s, torch.arange(a, b)) for s, a, b in ranges])
