@@ -128,10 +128,9 @@ def _h32_np(x: np.ndarray, tmp: np.ndarray | None = None) -> np.ndarray:
 
 def _keep_mask_np(keys: torch.Tensor, site: int, numel: int, p: float) -> torch.Tensor:
     """:func:`keep_mask` on the CPU with in-place numpy uint32 arithmetic: the same bits,
-    about 3-4x faster than the int32 torch ops (no temporaries, no sign masking). The
-    (U, F) buffers are torch tensors seen through numpy, so they come from torch's
-    allocator like the activations around them (numpy's own allocations interleaved with
-    large activations fragmented the heap: +25 MiB peak at S = 10,000 in the MLP bench)."""
+    2-3x faster than the int32 torch ops (no temporaries, no sign masking). The (U, F)
+    buffers are torch tensors seen through numpy, allocated like the activations around
+    them."""
     k = (keys.numpy() & _M32).astype(np.uint32)  # (U,)
     base = _h32_np(k ^ np.uint32(hash32_py(site * 0x27D4EB2F + 0x165667B1)))
     stride = _h32_np(base + np.uint32(_GOLDEN)) | np.uint32(1)
