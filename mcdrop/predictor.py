@@ -38,7 +38,13 @@ from mcdrop._keyed import unit_keys_many
 from mcdrop._planning import _Plan
 from mcdrop.errors import InvalidInputError, ModelOutputError
 from mcdrop.prediction import MCRequest, Prediction
-from mcdrop.stats import ClassStats, Moments, entropy, grouped_moments, mc_standard_error
+from mcdrop.stats import (
+    ClassStats,
+    Moments,
+    grouped_class_stats,
+    grouped_moments,
+    mc_standard_error,
+)
 
 __all__ = ["MCPredictor", "Prediction", "MCRequest"]
 
@@ -102,6 +108,21 @@ def _row_slots(units: Sequence[int], widths: Sequence[int]) -> torch.Tensor:
     seg_of = torch.repeat_interleave(torch.arange(len(widths)), n_seg)  # (N,)
     pos = torch.arange(int(n_seg.sum())) - (torch.cumsum(n_seg, 0) - n_seg)[seg_of]
     return (torch.cumsum(b_seg, 0) - b_seg)[seg_of] + pos % b_seg[seg_of]
+
+
+def _check_logits(per_row: tuple[int, ...] | torch.Size) -> None:
+    """A classifier's output row must be one vector of logits."""
+    if len(per_row) != 1:
+        raise ModelOutputError(
+            f"a classifier must return logits shaped (batch, classes); got per-row shape "
+            f"{tuple(per_row)}"
+        )
+
+
+def _holds_rows(v: Any, n: int) -> bool:
+    """Whether a forward value is a tensor with ``n`` rows along dim 0 (a per-row input or
+    activation, as opposed to a constant passed alongside)."""
+    return isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n
 
 
 def _split_output(y: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -393,8 +414,7 @@ class MCPredictor:
             outs = tuple(plan.split.prefix(torch.cat([g.x for g in need])))
         total = sum(sizes)
         per_value = [
-            v.split(sizes) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == total
-            else [v] * len(need)
+            v.split(sizes) if _holds_rows(v, total) else [v] * len(need)
             for v in outs
         ]  # fmt: skip
         for i, g in enumerate(need):
@@ -418,9 +438,7 @@ class MCPredictor:
             assert vals is not None
             b = len(g.x)
             return [
-                (v if rows is None else v[rows])
-                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == b
-                else v
+                (v if rows is None else v[rows]) if _holds_rows(v, b) else v
                 for v in vals
             ]  # fmt: skip
 
@@ -431,7 +449,7 @@ class MCPredictor:
         if len(segs) == 1:
             u = units[0]
             for v in per_seg[0]:
-                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == widths[0]:
+                if _holds_rows(v, widths[0]):
                     # reshape copies: the suffix may write in place without touching the cache
                     v = v.unsqueeze(0).expand(u, *v.shape).reshape(u * v.shape[0], *v.shape[1:])
                 args.append(v)
@@ -440,11 +458,7 @@ class MCPredictor:
             # index_select per input builds every block (and copies, protecting the cache).
             index = _row_slots(units, widths).to(dev)
             for j, first in enumerate(per_seg[0]):
-                if (
-                    isinstance(first, torch.Tensor)
-                    and first.dim() > 0
-                    and (first.shape[0] == widths[0])
-                ):
+                if _holds_rows(first, widths[0]):
                     args.append(torch.cat([vals[j] for vals in per_seg]).index_select(0, index))
                 else:
                     args.append(first)
@@ -486,11 +500,7 @@ class MCPredictor:
         if keep:
             g.draws.append(main.cpu())
         if self.task == "classification":
-            if main.dim() != 3:
-                raise ModelOutputError(
-                    "a classifier must return logits shaped (batch, classes); "
-                    f"got per-row shape {tuple(main.shape[2:])}"
-                )
+            _check_logits(main.shape[2:])
             g.acc.update(torch.softmax(main.double(), dim=-1), rows)
         else:
             g.acc.update(main, rows)
@@ -616,38 +626,25 @@ class MCPredictor:
                 self._fold(g, part if lv is None else (part, lv), u, None, False)
                 offset += u * b
             raise ModelOutputError("the model returned NaN or Inf")  # not reached: a _fold raised
-        if self.task == "classification" and main.dim() != 2:
-            raise ModelOutputError(
-                "a classifier must return logits shaped (batch, classes); "
-                f"got per-row shape {tuple(main.shape[1:])}"
-            )
-        dev = main.device
-        slot = _row_slots(units, widths).to(dev)
-        n_slots = sum(widths)
-        x = main.double()
         if self.task == "classification":
-            x = torch.softmax(x, dim=-1)  # (N, C)
-            ent = torch.zeros(n_slots, dtype=torch.float64, device=dev)
-            ent.index_add_(0, slot, entropy(x))
-            votes = torch.zeros(n_slots, x.shape[1], dtype=torch.float64, device=dev)
-            votes.index_put_(
-                (slot, x.argmax(dim=-1)),
-                torch.ones(len(slot), dtype=torch.float64, device=dev),
-                accumulate=True,
-            )
-        mean, m2 = grouped_moments(x, slot, n_slots)
-        if logvar is not None:
+            _check_logits(main.shape[1:])
+        slot = _row_slots(units, widths).to(main.device)
+        n_slots = sum(widths)
+        per_slot: tuple[torch.Tensor, ...]
+        if self.task == "classification":
+            per_slot = grouped_class_stats(torch.softmax(main.double(), dim=-1), slot, n_slots)
+        else:
+            per_slot = grouped_moments(main, slot, n_slots)
+        hetero = logvar is not None and self.task != "classification"
+        if logvar is not None and hetero:
             h_mean, h_m2 = grouped_moments(torch.exp(logvar.double()), slot, n_slots)
         t = offset = 0
         for (g, _, _), u, b in zip(segs, units, widths):
             sl = slice(t, t + b)
-            if self.task == "classification":
-                g.acc.add(u, mean[sl], m2[sl], ent[sl], votes[sl])
-            else:
-                g.acc.add(u, mean[sl], m2[sl])
-                if logvar is not None:
-                    assert g.hetero_acc is not None
-                    g.hetero_acc.add(u, h_mean[sl], h_m2[sl])
+            g.acc.add(u, *(v[sl] for v in per_slot))
+            if hetero:
+                assert g.hetero_acc is not None
+                g.hetero_acc.add(u, h_mean[sl], h_m2[sl])
             if keep or g.keep:
                 g.draws.append(main[offset : offset + u * b].reshape(u, b, *main.shape[1:]).cpu())
             t += b

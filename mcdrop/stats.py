@@ -13,6 +13,7 @@ __all__ = [
     "Moments",
     "ClassStats",
     "entropy",
+    "grouped_class_stats",
     "grouped_moments",
     "mc_standard_error",
 ]
@@ -196,6 +197,24 @@ def grouped_moments(
     dev = x - mean.index_select(0, index)
     m2 = torch.zeros_like(mean).index_add_(0, index, dev * dev)
     return mean, m2
+
+
+def grouped_class_stats(
+    probs: torch.Tensor, index: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :meth:`ClassStats.add` takes, for the rows of ``probs`` (N, C) gathered into
+    ``size`` groups by ``index`` (N,): mean and M2 of the probabilities (size, C), the sum
+    of their entropies (size,) and their argmax counts (size, C)."""
+    p = probs.to(torch.float64)
+    mean, m2 = grouped_moments(p, index, size)
+    ent = torch.zeros(size, dtype=torch.float64, device=p.device).index_add_(0, index, entropy(p))
+    votes = torch.zeros(size, p.shape[1], dtype=torch.float64, device=p.device)
+    votes.index_put_(
+        (index, p.argmax(dim=-1)),
+        torch.ones(len(index), dtype=torch.float64, device=p.device),
+        accumulate=True,
+    )
+    return mean, m2, ent, votes
 
 
 def mc_standard_error(variance: torch.Tensor, samples: torch.Tensor | int) -> torch.Tensor:
