@@ -154,7 +154,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise ModelNotReady(f"model '{self.name}' is shutting down; retry elsewhere")
-            self._refuse_if_full()
+            self.refuse_if_full()
             self._queue.append(item)
             self._set_depth()
             self._cond.notify()
@@ -172,11 +172,9 @@ class Batcher:
             raise
 
     def refuse_if_full(self) -> None:
-        """Raise QueueFull now if the queue is full: routes call it before reading and
-        parsing the body, so that past saturation a refusal costs next to nothing."""
-        self._refuse_if_full()  # no lock: a momentary depth is all a refusal needs
-
-    def _refuse_if_full(self) -> None:
+        """Raise QueueFull if the queue is full. :meth:`submit` calls it under the lock;
+        routes call it without, before reading and parsing the body, so that past
+        saturation a refusal costs next to nothing (a momentary depth is all it needs)."""
         if len(self._queue) >= self.max_queue_size:
             self._count("rejected")
             raise QueueFull(
