@@ -309,6 +309,18 @@ def _phase_row(mode: str, r: PhaseResult | WrkResult, b: dict[str, float]) -> di
     }
 
 
+async def _load_phase(
+    args: Any, url: str, path: str, payload: dict[str, Any], concurrency: int, n: int
+) -> PhaseResult | WrkResult:
+    """One closed-loop phase with the chosen generator: ``n`` requests at most (httpx), or
+    the phase's duration with ``100 * n`` as wrk's safety net."""
+    if args.generator == "wrk":
+        return await asyncio.to_thread(
+            run_phase_wrk, url, path, payload, concurrency, 100 * n, args.seconds
+        )
+    return await run_phase(url, path, payload, concurrency, n, args.seconds)
+
+
 async def _drive(
     server: ServerProcess, model: str, payload: dict[str, Any], mode: str, args: Any
 ) -> list[dict[str, Any]]:
@@ -318,15 +330,7 @@ async def _drive(
     rows = []
     for c in args.concurrency:
         before = scrape(server.url)
-        n = max(args.requests, 4 * c)
-        r: PhaseResult | WrkResult
-        if args.generator == "wrk":
-            cap = 100 * n  # a safety net, not the bound of the phase (its duration is)
-            r = await asyncio.to_thread(
-                run_phase_wrk, server.url, path, payload, c, cap, args.seconds
-            )
-        else:
-            r = await run_phase(server.url, path, payload, c, n, args.seconds)
+        r = await _load_phase(args, server.url, path, payload, c, max(args.requests, 4 * c))
         b = batch_stats(before, scrape(server.url), model)
         row = _phase_row(mode, r, b)
         rows.append(row)
@@ -343,17 +347,10 @@ async def _saturate(server: ServerProcess, model: str, payload: dict[str, Any], 
     path = f"/v1/models/{model}/predict"
     await run_phase(server.url, path, payload, 4, 20, 10)
     before = scrape(server.url)
-    n = max(args.requests, 8 * args.saturation_concurrency)
-    r: PhaseResult | WrkResult
-    if args.generator == "wrk":  # client-side figures: all statuses together
-        r = await asyncio.to_thread(
-            run_phase_wrk, server.url, path, payload, args.saturation_concurrency, 1000 * n,
-            args.seconds,
-        )  # fmt: skip
-        by_status: dict[str, list[float]] = {}
-    else:
-        r = await run_phase(server.url, path, payload, args.saturation_concurrency, n, args.seconds)
-        by_status = r.latencies
+    c = args.saturation_concurrency
+    r = await _load_phase(args, server.url, path, payload, c, max(args.requests, 8 * c))
+    # wrk gives client-side figures over all statuses together
+    by_status = r.latencies if isinstance(r, PhaseResult) else {}
     b = batch_stats(before, scrape(server.url), model)
     srv = server_latencies(server.log_path, "/predict")
 
