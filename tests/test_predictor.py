@@ -254,19 +254,22 @@ def test_predict_many_in_one_chunk_equals_each_alone(case: str, widths: tuple[in
                 assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
 
 
-def test_predict_many_names_the_request_whose_rows_go_non_finite() -> None:
-    class Blowup(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.drop = MCDropout(0.5)
+class SqrtAfterDropout(nn.Module):
+    """Negative inputs give NaN outputs, whatever the masks."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.log(self.drop(x) + 1)  # NaN where a negative entry is kept
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = MCDropout(0.1)
 
-    pred = MCPredictor(Blowup(), samples=8)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.d(x) + x.sqrt()
+
+
+def test_predict_many_reports_the_non_finite_rows_of_a_batch() -> None:
+    pred = MCPredictor(SqrtAfterDropout(), samples=8)
     ok = torch.ones(1, 3)
     bad = torch.full((1, 3), -1.0)
-    with pytest.raises(ModelOutputError, match="NaN or Inf"):
+    with pytest.raises(ModelOutputError, match=r"NaN or Inf for rows \[0\]"):
         pred.predict_many([MCRequest(ok + 1, seed=1), MCRequest(bad, seed=2)])
 
 
@@ -397,16 +400,8 @@ def test_no_dropout_model_raises() -> None:
 
 
 def test_non_finite_model_output_names_rows() -> None:
-    class Bad(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.d = MCDropout(0.1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.d(x) + x.sqrt()  # negative inputs give NaN
-
     with pytest.raises(ModelOutputError, match=r"\[1\]"):
-        MCPredictor(Bad(), samples=5).predict(torch.tensor([[1.0], [-1.0]]), seed=0)
+        MCPredictor(SqrtAfterDropout(), samples=5).predict(torch.tensor([[1.0], [-1.0]]), seed=0)
 
 
 def test_keyed_alpha_dropout_moments() -> None:
