@@ -15,15 +15,11 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from mcdrop.errors import InvalidInputError, McdropError
 from mcdrop.schemas import MAX_SEED, ModelInfo, ModelList, PredictRequest, PredictResponse
-
-try:  # optional speed-up for big inputs; never a dependency
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
 
 USER_AGENT = "mcdrop-client/0.1"
 # Non-finite rows named in an InputError message; the rest are counted.
@@ -291,13 +287,10 @@ def predict_body(inputs: Any, samples: int | None, seed: int | None, return_samp
         payload["seed"] = _check_int(seed, "seed", 0, MAX_SEED)
     if return_samples:
         payload["return_samples"] = True
-    if _orjson is not None:  # orjson serialises only C-contiguous, native-endian arrays
-        payload["inputs"] = np.ascontiguousarray(payload["inputs"])
-        return _orjson.dumps(payload, option=_orjson.OPT_SERIALIZE_NUMPY)
-    # tolist() converts the whole array to Python floats in C, and json's C encoder writes
-    # them; non-finite values were rejected above, allow_nan=False is a backstop.
-    payload["inputs"] = payload["inputs"].tolist()
-    return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+    # orjson writes numpy arrays itself (C-contiguous, native-endian ones), about 10x faster
+    # than tolist() + json; non-finite values were rejected above.
+    payload["inputs"] = np.ascontiguousarray(payload["inputs"])
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def model_path(name: str) -> str:

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -123,6 +123,20 @@ def _holds_rows(v: Any, n: int) -> bool:
     """Whether a forward value is a tensor with ``n`` rows along dim 0 (a per-row input or
     activation, as opposed to a constant passed alongside)."""
     return isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n
+
+
+def _split_rows(pred: Prediction, sizes: Sequence[int]) -> list[Prediction]:
+    """One prediction per consecutive block of ``sizes`` rows (views, no copies)."""
+    per_field: dict[str, Sequence[Any]] = {}
+    for f in fields(pred):
+        v = getattr(pred, f.name)
+        if f.name == "draws":
+            per_field[f.name] = [None] * len(sizes) if v is None else v.split(sizes, dim=1)
+        elif isinstance(v, torch.Tensor):
+            per_field[f.name] = v.split(sizes)
+        else:
+            per_field[f.name] = [v] * len(sizes)
+    return [Prediction(**{k: vs[i] for k, vs in per_field.items()}) for i in range(len(sizes))]
 
 
 def _split_output(y: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -293,28 +307,71 @@ class MCPredictor:
             self._execute([group], return_samples)
             return self._finish(group)
 
-    def predict_many(self, requests: Sequence[MCRequest]) -> list[Prediction]:
+    def predict_many(
+        self, requests: Sequence[MCRequest], *, share_unseeded: bool = False
+    ) -> list[Prediction]:
         """Run several requests (own inputs, sample count, seed) through shared forward passes.
 
         Each request gets exactly the masks it would get alone, so each result equals
         ``predict(r.inputs, r.samples, r.seed)`` up to float rounding. Input validation
         errors name the request index.
+
+        With ``share_unseeded=True``, the requests without a seed (and without
+        ``return_samples``) that have the same sample count and row shape run as the rows
+        of one request: one drawn seed, the same S sampled subnetworks for all of them, as
+        the rows of a single request always share them. Each answer is distributed exactly
+        as alone and reports the shared seed, which reproduces it; answers of different
+        requests are then no longer independent of each other (their Monte Carlo errors
+        correlate). It saves the per-request masks: for one-row requests most of the work.
         """
         with self._lock, _model_rejects_inputs():
-            groups = []
+            raw: list[tuple[torch.Tensor, int, int]] = []  # (inputs, S, seed) per request
+            shared: dict[tuple[Any, ...], list[int]] = {}  # key -> request indices
             for i, r in enumerate(requests):
                 try:
-                    xt = self._prepare(r.inputs)
-                    s = self._sample_count(r.samples)
-                    groups.append(
-                        _Group(xt, _validate_seed(r.seed), s, keep=bool(r.return_samples))
-                    )
+                    raw.append(
+                        (self._as_tensor(r.inputs), self._sample_count(r.samples),
+                         _validate_seed(r.seed))
+                    )  # fmt: skip
                 except InvalidInputError as exc:
                     raise InvalidInputError(f"request {i}: {exc}") from exc
-            if not groups:
+                if share_unseeded and r.seed is None and not r.return_samples:
+                    xt, s, _ = raw[-1]
+                    shared.setdefault((s, tuple(xt.shape[1:]), xt.dtype), []).append(i)
+            if not raw:
                 return []
+
+            def checked(idx: list[int]) -> torch.Tensor:
+                """The inputs of requests ``idx`` as one checked tensor; an error names
+                the request it comes from."""
+                try:
+                    return self._checked(torch.cat([raw[i][0] for i in idx]))
+                except InvalidInputError:
+                    for i in idx:
+                        try:
+                            self._checked(raw[i][0])
+                        except InvalidInputError as one:
+                            raise InvalidInputError(f"request {i}: {one}") from one
+                    raise  # pragma: no cover - the concatenation failed, no part does
+
+            # Requests that share draws become one group of all their rows (a merge of one
+            # changes nothing and is skipped); one finite check covers all of them.
+            merged = [idx for idx in shared.values() if len(idx) > 1]
+            in_merge = {i for idx in merged for i in idx}
+            alone = [i for i in range(len(raw)) if i not in in_merge]
+            groups = [
+                _Group(checked([i]), raw[i][2], raw[i][1], keep=bool(requests[i].return_samples))
+                for i in alone
+            ] + [_Group(checked(idx), raw[idx[0]][2], raw[idx[0]][1]) for idx in merged]
             self._execute(groups, False)
-            return self._finish_many(groups)
+            finished = self._finish_many(groups)
+            out: list[Prediction | None] = [None] * len(raw)
+            for i, pred in zip(alone, finished):
+                out[i] = pred
+            for idx, pred in zip(merged, finished[len(alone) :]):
+                for i, part in zip(idx, _split_rows(pred, [len(raw[i][0]) for i in idx])):
+                    out[i] = part
+            return out  # type: ignore[return-value]
 
     def deterministic(self, x: Any) -> torch.Tensor:
         """One plain eval-mode forward pass (no dropout): the cost baseline."""
@@ -341,6 +398,10 @@ class MCPredictor:
         return s
 
     def _prepare(self, x: Any) -> torch.Tensor:
+        return self._checked(self._as_tensor(x))
+
+    def _as_tensor(self, x: Any) -> torch.Tensor:
+        """``x`` as a tensor of at least one row (not yet checked for finite values)."""
         if isinstance(x, np.ndarray):
             if x.dtype == object:
                 raise InvalidInputError("inputs must be numeric, got an object array")
@@ -358,6 +419,12 @@ class MCPredictor:
             raise InvalidInputError(
                 f"inputs must hold at least one row, got shape {tuple(x.shape)}"
             )
+        if x.dtype == torch.bool:
+            raise InvalidInputError("inputs must be numeric, got booleans")
+        return x
+
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
+        """Finite rows, in the parameters' float dtype, on the predictor's device."""
         if x.is_floating_point():
             finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
             if not bool(finite.all()):
@@ -366,8 +433,6 @@ class MCPredictor:
                 raise InvalidInputError(f"inputs contain NaN or Inf in rows {shown}")
             if x.dtype != self.param_dtype and self.param_dtype.is_floating_point:
                 x = x.to(self.param_dtype)
-        elif x.dtype == torch.bool:
-            raise InvalidInputError("inputs must be numeric, got booleans")
         return x.to(self.device)
 
     def _autocast(self) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,12 +13,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 import mcdrop
 from mcdrop.errors import McdropError
 from service import routes_v1, routes_v2
+from service.direct import DirectRoutes
 from service.errors import ServiceError, Unprocessable, error_response, from_http_status
 from service.metrics import ServiceMetrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
@@ -58,10 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # 130 ms to 36 ms with this line; benchmarks/RESULTS.md).
         gc.collect()
         gc.freeze()
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
         try:
             yield
         finally:
             await asyncio.to_thread(plane.stop, settings.drain_seconds)
+            sys.setswitchinterval(previous)
 
     app = FastAPI(
         title="mcdrop",
@@ -77,6 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_v2.router)
     _install_error_handlers(app)
     # Added innermost first: the access log sees every response, the 413s included.
+    # The prediction routes (their routers are included without a prefix, so their
+    # paths are the served ones; tests/service check them against the OpenAPI paths).
+    direct = [r for r in (*routes_v1.hot.routes, *routes_v2.hot.routes) if isinstance(r, APIRoute)]
+    app.add_middleware(DirectRoutes, routes=direct)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -13,6 +13,9 @@ client gains nothing from it); a larger batch turns the wait back on. The engine
 every request the masks it would get alone, so a seeded answer does not depend on what it
 was batched with.
 
+``run_batch`` returns one result per request; a result that is an exception (say, one
+request's non-finite output) fails that request alone.
+
 A full queue answers :class:`~service.errors.QueueFull` at once (503 + Retry-After). A
 request that times out is removed from the queue if it has not started; if it has, its
 result is dropped. When a batch fails, each of its requests is re-run alone so that one bad
@@ -28,8 +31,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
-from mcdrop.predictor import MCRequest, Prediction
+from mcdrop.predictor import MCRequest
 from service.errors import ModelNotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 
@@ -37,22 +41,32 @@ __all__ = ["Batcher"]
 
 log = logging.getLogger("mcdrop.service")
 
-RunBatch = Callable[[Sequence[MCRequest]], list[Prediction]]
+
+class _Result(Protocol):
+    samples: int  # MC samples per row (for the metrics)
+
+
+R = TypeVar("R", bound=_Result)
+RunBatch = Callable[[Sequence[MCRequest]], Sequence["R | Exception"]]
 
 
 @dataclass(eq=False)
 class _Item:
     request: MCRequest
     rows: int
-    future: asyncio.Future[Prediction]
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
     state: str = "queued"  # queued -> running | dropped
 
 
-def _settle(
-    fut: asyncio.Future[Prediction], pred: Prediction | None, exc: BaseException | None
-) -> None:
+def _expire(fut: asyncio.Future[Any]) -> None:
+    """Runs on the event loop when a request's time is up."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+def _settle(fut: asyncio.Future[Any], pred: Any, exc: BaseException | None) -> None:
     """Runs on the event loop: resolve the future unless the caller gave up on it."""
     if fut.done():
         return
@@ -62,7 +76,7 @@ def _settle(
         fut.set_result(pred)  # type: ignore[arg-type]
 
 
-class Batcher:
+class Batcher(Generic[R]):
     """Queue + worker thread of one model.
 
     Parameters
@@ -70,8 +84,9 @@ class Batcher:
     name : str
         The model name (metric label, messages, thread name).
     run_batch : callable
-        ``run_batch(requests) -> predictions``, one per request in order; called only from
-        the worker thread (e.g. ``MCPredictor.predict_many``).
+        ``run_batch(requests) -> results``, one per request in order (a prediction with a
+        ``samples`` count, or an exception for that request alone); called only from the
+        worker thread (e.g. around ``MCPredictor.predict_many``).
     max_batch_rows : int
         Most rows per engine call (a single larger request still runs, alone).
     max_delay_s : float
@@ -86,7 +101,7 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        run_batch: RunBatch,
+        run_batch: RunBatch[R],
         *,
         max_batch_rows: int,
         max_delay_s: float,
@@ -137,7 +152,7 @@ class Batcher:
 
     # ------------------------------------------------------------------ event-loop side
 
-    async def submit(self, request: MCRequest, rows: int, timeout: float) -> Prediction:
+    async def submit(self, request: MCRequest, rows: int, timeout: float) -> R:
         """Queue one request and wait for its prediction.
 
         Raises
@@ -158,8 +173,12 @@ class Batcher:
             self._queue.append(item)
             self._set_depth()
             self._cond.notify()
+        # A timer on the one future (not asyncio.wait_for, which adds a second future and
+        # callbacks per request on the event loop's hot path).
+        timer = loop.call_later(timeout, _expire, item.future)
         try:
-            return await asyncio.wait_for(item.future, timeout)
+            result: R = await item.future
+            return result
         except (TimeoutError, asyncio.CancelledError) as exc:
             if self._abandon(item) and isinstance(exc, asyncio.CancelledError):
                 self._count("cancelled")  # withdrawn before it ran: never computed
@@ -170,6 +189,8 @@ class Batcher:
                     "retry with fewer rows or samples, or later"
                 ) from None
             raise
+        finally:
+            timer.cancel()
 
     def refuse_if_full(self) -> None:
         """Raise QueueFull if the queue is full. :meth:`submit` calls it under the lock;
@@ -248,10 +269,10 @@ class Batcher:
         if self.metrics is not None:
             for it in batch:
                 self.metrics.queue_time.observe(start - it.enqueued, model=self.name)
-        results: list[tuple[_Item, Prediction | None, BaseException | None]]
+        results: list[tuple[_Item, R | None, BaseException | None]]
         try:
-            preds = self._run_batch([it.request for it in batch])
-            results = [(it, p, None) for it, p in zip(batch, preds, strict=True)]
+            out = self._run_batch([it.request for it in batch])
+            results = [_outcome(it, r) for it, r in zip(batch, out, strict=True)]
         except Exception as exc:
             if len(batch) == 1:
                 results = [(batch[0], None, exc)]
@@ -260,7 +281,7 @@ class Batcher:
                 results = []
                 for it in batch:
                     try:
-                        results.append((it, self._run_batch([it.request])[0], None))
+                        results.append(_outcome(it, self._run_batch([it.request])[0]))
                     except Exception as one_exc:
                         results.append((it, None, one_exc))
         if self.metrics is not None:
@@ -277,7 +298,7 @@ class Batcher:
                 self._count("error")
             self._resolve(it, pred, err)
 
-    def _resolve(self, it: _Item, pred: Prediction | None, exc: BaseException | None) -> None:
+    def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:
         try:
             it.loop.call_soon_threadsafe(_settle, it.future, pred, exc)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -292,3 +313,8 @@ class Batcher:
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.predictions.inc(model=self.name, outcome=outcome)
+
+
+def _outcome(it: _Item, r: Any) -> tuple[_Item, Any, BaseException | None]:
+    """(item, result, None) or (item, None, error) for one entry of ``run_batch``'s list."""
+    return (it, None, r) if isinstance(r, BaseException) else (it, r, None)

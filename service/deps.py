@@ -82,37 +82,38 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` (a prediction), withdrawing it if the client disconnects first.
 
     Call it after the body has been read: the next ASGI message is then the disconnect.
-    Cancelling the wait takes a request that has not started out of its model's queue (the
-    batcher drops it), so a client that gave up costs no compute; one already running
-    finishes and its answer is dropped.
+    ``work`` runs in the calling task; one watcher task waits for the disconnect and
+    cancels the caller, which takes a request that has not started out of its model's
+    queue (the batcher drops it), so a client that gave up costs no compute; one already
+    running finishes and its answer is dropped. (Running ``work`` in a task of its own and
+    waiting for either cost a second task and ``asyncio.wait`` per request.)
 
     Raises
     ------
     ClientDisconnected
         The client went away first (499 in the access log; nobody reads the answer).
     """
-    task = asyncio.ensure_future(work)
+    caller = asyncio.current_task()
+    assert caller is not None
+    gone = False
 
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done and watch.exception() is not None:
-            await asyncio.wait({task})  # the server cannot tell us: just wait
-    except BaseException:  # we are cancelled ourselves (shutdown): take the request along
-        task.cancel()
-        watch.cancel()
-        raise
-    watch.cancel()
-    if not task.done():  # the client left first: withdraw the request
-        task.cancel()
+    async def watch() -> None:
+        nonlocal gone
         try:
-            await task  # lets the batcher take it out of the queue
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the server cannot tell us: just wait for the answer
+            return
+        gone = True
+        caller.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        # Ours alone (no shutdown cancelling the request too): the client left.
+        if gone and caller.uncancel() == 0:
             raise ClientDisconnected("the client closed the connection before the answer") from None
-    return task.result()
+        raise
+    finally:
+        watcher.cancel()

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import logging
 
-from starlette.responses import JSONResponse
-
 from mcdrop.errors import InvalidInputError, McdropError, ModelOutputError
+from service.responses import FastJSONResponse
 
 __all__ = [
     "ServiceError",
@@ -175,10 +174,10 @@ def message_for(exc: BaseException) -> str:
     return INTERNAL_ERROR_MESSAGE
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException) -> FastJSONResponse:
     """``{"error": message}`` with the status (and headers) :func:`status_for` picks."""
     status = status_for(exc)
     if status >= 500 and not isinstance(exc, ServiceError):
         log.error("unhandled error: %s: %s", type(exc).__name__, exc, exc_info=exc)
     headers = exc.headers if isinstance(exc, ServiceError) else None
-    return JSONResponse({"error": message_for(exc)}, status_code=status, headers=headers)
+    return FastJSONResponse({"error": message_for(exc)}, status_code=status, headers=headers)

@@ -16,6 +16,7 @@ from mcdrop.schemas import (
     ServerMetadata,
 )
 from service.deps import get_plane, read_json, require_api_key, unless_disconnected
+from service.responses import FastJSONResponse
 from service.runtime import DataPlane
 
 __all__ = ["router"]
@@ -61,6 +62,8 @@ router = APIRouter(tags=["v2"])
 # Full prefix here (not nested under "/v2") so the route template seen by the access log
 # and the metrics is the whole path.
 models = APIRouter(prefix="/v2/models/{name}", dependencies=[Depends(require_api_key)])
+# The infer routes check the API key themselves: no dependency to solve on the hot path.
+hot = APIRouter(prefix="/v2/models/{name}")
 
 
 @router.get("/v2", response_model=ServerMetadata)
@@ -99,22 +102,22 @@ async def model_ready(
     return plane.model_ready(name, version)
 
 
-@models.post(
-    "/infer", response_model=InferenceResponse, responses=_ERRORS, openapi_extra=_INFER_BODY
-)
-@models.post(
+@hot.post("/infer", response_model=InferenceResponse, responses=_ERRORS, openapi_extra=_INFER_BODY)
+@hot.post(
     "/versions/{version}/infer",
     response_model=InferenceResponse,
     responses=_ERRORS,
     openapi_extra=_INFER_BODY,
 )
-async def infer(
-    name: str, request: Request, version: str | None = None, plane: DataPlane = Depends(get_plane)
-) -> JSONResponse:
+async def infer(name: str, request: Request, version: str | None = None) -> FastJSONResponse:
     """Inference; MC options in ``parameters``: ``mc_samples``, ``seed``."""
+    await require_api_key(request)
+    plane = await get_plane(request)
     plane.refuse_if_busy(name)  # before reading the body: a refusal must cost little
     body = await read_json(request, v2=True)
-    return JSONResponse(await unless_disconnected(request, plane.infer_v2(name, body, version)))
+    answer = await unless_disconnected(request, plane.infer_v2(name, body, version))
+    return FastJSONResponse(answer)
 
 
 router.include_router(models)
+router.include_router(hot)

@@ -58,6 +58,21 @@ V2_INPUT_NAME = "input"
 PLATFORM = "pytorch_mcdrop"
 
 
+@dataclass
+class Answer:
+    """A prediction as the wire needs it: finite numpy arrays, made in the batcher thread.
+
+    The conversion from tensors happens there, once per request, so that the event loop
+    never calls torch: every torch call lets go of the GIL, and getting it back from a
+    busy engine thread cost the event loop more than the conversion itself.
+    """
+
+    samples: int
+    seed: int
+    arrays: dict[str, np.ndarray]  # statistic name -> (B, *O) or (B,), C-contiguous
+    draws: np.ndarray | None = None  # (S, B, *O) when asked for
+
+
 # ------------------------------------------------------------------------------ JSON bodies
 
 
@@ -89,7 +104,10 @@ def parse_json(body: bytes, max_depth: int) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise BadRequest("the request body is not UTF-8 encoded JSON") from None
-    _check_depth(obj, max_depth)
+    # Nesting cannot exceed the number of opening brackets (those inside strings only
+    # raise the count): most bodies skip the walk, which costs a visit per number.
+    if body.count(b"[") + body.count(b"{") > max_depth:
+        _check_depth(obj, max_depth)
     return obj
 
 
@@ -238,14 +256,21 @@ class ModelRuntime:
         m = self.manifest
         x = np.zeros((1, *m.input_shape), dtype=_NP_DTYPES[m.input_dtype])
         pred = self._predictor().predict(x, samples=min(2, m.max_samples), seed=0)
-        self._check_finite(pred)
+        self.answer(pred)
 
     def start(self) -> None:
         """Create and start the model's batcher."""
         s = self.settings
+        predictor = self._predictor()
+        share = s.share_unseeded
+
+        def run_batch(requests: Sequence[MCRequest]) -> list[Answer | Exception]:
+            preds = predictor.predict_many(requests, share_unseeded=share)
+            return [self._answer_or_error(p) for p in preds]
+
         self.batcher = Batcher(
             self.name,
-            self._predictor().predict_many,
+            run_batch,
             max_batch_rows=self.batch_rows,
             max_delay_s=s.max_queue_delay_ms / 1000.0,
             max_queue_size=s.max_queue_size,
@@ -352,7 +377,7 @@ class ModelRuntime:
 
     async def predict(
         self, x: np.ndarray, samples: int, seed: int | None, return_samples: bool = False
-    ) -> Prediction:
+    ) -> Answer:
         """Queue the validated rows and wait for the engine's answer."""
         if not self.ready or self.batcher is None:
             raise ModelNotReady(f"model '{self.name}' is not ready; retry shortly")
@@ -373,28 +398,44 @@ class ModelRuntime:
         )
         return COMMON_FIELDS + extra
 
-    def _check_finite(self, pred: Prediction) -> dict[str, np.ndarray]:
+    def answer(self, pred: Prediction) -> Answer:
+        """The wire form of ``pred``.
+
+        Raises
+        ------
+        ModelOutputError
+            A statistic (or a raw draw) is not finite.
+        """
         arrays = {}
         for name in self.output_fields():
             value = getattr(pred, name)
             if value is None:
                 continue
-            arr = value.detach().cpu().numpy()
+            arr = np.ascontiguousarray(value.detach().cpu().numpy())
             if not np.isfinite(arr).all():
                 raise ModelOutputError(f"its '{name}' is not finite")
             arrays[name] = arr
-        return arrays
-
-    def v1_response(self, pred: Prediction) -> dict[str, Any]:
-        """The v1 JSON answer (every array finite, as nested lists)."""
-        body: dict[str, Any] = {"model": self.name, "samples": pred.samples, "seed": pred.seed}
-        for name, arr in self._check_finite(pred).items():
-            body[name] = arr.tolist()
+        draws = None
         if pred.draws is not None:
-            draws = pred.draws.detach().cpu().numpy()
+            draws = np.ascontiguousarray(pred.draws.detach().cpu().numpy())
             if not np.isfinite(draws).all():
                 raise ModelOutputError("its raw draws are not finite")
-            body["draws"] = draws.tolist()
+        return Answer(pred.samples, pred.seed, arrays, draws)
+
+    def _answer_or_error(self, pred: Prediction) -> Answer | Exception:
+        """:meth:`answer`, or its error for this request alone (the batch's others stand)."""
+        try:
+            return self.answer(pred)
+        except ModelOutputError as exc:
+            return exc
+
+    def v1_response(self, ans: Answer) -> dict[str, Any]:
+        """The v1 answer: numpy arrays, written as nested lists by
+        :class:`~service.responses.FastJSONResponse`."""
+        body: dict[str, Any] = {"model": self.name, "samples": ans.samples, "seed": ans.seed}
+        body.update(ans.arrays)
+        if ans.draws is not None:
+            body["draws"] = ans.draws
         return body
 
     def info(self) -> dict[str, Any]:
@@ -515,9 +556,9 @@ class ModelRuntime:
             raise Unprocessable(f"input '{t.name}' holds integers that do not fit int64") from None
         return self._finish_array(arr, f"input '{t.name}'")
 
-    def v2_response(self, pred: Prediction, req: InferenceRequest) -> dict[str, Any]:
+    def v2_response(self, ans: Answer, req: InferenceRequest) -> dict[str, Any]:
         """The Open Inference Protocol answer with the requested (default: all) outputs."""
-        arrays = self._check_finite(pred)
+        arrays = ans.arrays
         names = list(arrays)
         if req.outputs:
             names = [o.name for o in req.outputs]
@@ -529,12 +570,12 @@ class ModelRuntime:
                 raise ModelOutputError(f"its '{name}' is not finite as {self.v2_output_type}")
             outputs.append(
                 {"name": name, "shape": list(arr.shape), "datatype": self.v2_output_type,
-                 "data": arr.ravel().tolist()}
+                 "data": arr.ravel()}
             )  # fmt: skip
         body: dict[str, Any] = {
             "model_name": self.name,
             "model_version": self.manifest.version,
-            "parameters": {"mc_samples": pred.samples, "seed": pred.seed},
+            "parameters": {"mc_samples": ans.samples, "seed": ans.seed},
             "outputs": outputs,
         }
         if req.id is not None:

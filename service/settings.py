@@ -43,6 +43,18 @@ class Settings:
         ``max_batch_rows``). 1 switches batching off.
     batching : bool
         False runs every request alone (for benchmarks).
+    share_unseeded : bool
+        Requests without a seed that are batched together (same sample count) share their
+        S sampled subnetworks, as the rows of one request do: each answer is distributed
+        as alone and reports the seed that reproduces it, but answers of different
+        requests are not independent. False: every request draws its own masks (or send
+        a seed per request).
+    switch_interval_ms : float
+        The interpreter's thread switch interval (``sys.setswitchinterval``) while the app
+        runs. The event loop and the batcher threads share one GIL; with Python's default
+        of 5 ms a thread that wants it back (the engine between two torch calls, the loop
+        with a request to answer) can wait that long. 1 ms served 2,260 against 1,780-1,870
+        requests/s at concurrency 32 (benchmarks/RESULTS.md).
     max_queue_delay_ms : float
         How long the batcher waits for more requests after the first one arrives (only
         while requests come together: not after a batch of one).
@@ -75,6 +87,8 @@ class Settings:
     max_json_depth: int = 100
     max_batch_rows: int = 256
     batching: bool = True
+    share_unseeded: bool = True
+    switch_interval_ms: float = 1.0
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 256
     request_timeout_s: float = 30.0
@@ -103,6 +117,12 @@ class Settings:
         for name in ("max_body_bytes", "max_json_depth", "max_batch_rows", "max_queue_size"):
             _check(getattr(self, name), getattr(self, name) >= 1, name, "must be at least 1")
         _check(self.workers, self.workers >= 1, "workers", "must be at least 1")
+        _check(
+            self.switch_interval_ms,
+            0 < self.switch_interval_ms <= 1000,
+            "switch_interval_ms",
+            "must be in (0, 1000]",
+        )
         for name in ("max_queue_delay_ms", "drain_seconds"):
             _check(getattr(self, name), getattr(self, name) >= 0, name, "must be >= 0")
         _check(
@@ -145,6 +165,8 @@ class Settings:
             "max_json_depth": int,
             "max_batch_rows": int,
             "batching": _parse_bool,
+            "share_unseeded": _parse_bool,
+            "switch_interval_ms": float,
             "max_queue_delay_ms": float,
             "max_queue_size": int,
             "request_timeout_s": float,

@@ -254,6 +254,48 @@ def test_predict_many_in_one_chunk_equals_each_alone(case: str, widths: tuple[in
                 assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
 
 
+@pytest.mark.parametrize("case", ["classifier", "hetero+tau"])
+def test_predict_many_shares_draws_between_unseeded_requests(case: str) -> None:
+    # share_unseeded: requests without a seed, of equal S, run as the rows of one request.
+    # Each answer reports the shared seed, and that seed alone reproduces it; seeded
+    # requests, other sample counts and requests asking for draws keep their own seeds.
+    torch.manual_seed(4)
+    if case == "classifier":
+        pred, feats = MCPredictor(classifier(), samples=30, task="classification"), 5
+    else:
+        pred, feats = MCPredictor(HeteroNet(), samples=30, tau=4.0), 2
+    g = torch.Generator().manual_seed(2)
+    x = [torch.randn(b, feats, generator=g) for b in (1, 3, 2, 1, 2, 1)]
+    reqs = [
+        MCRequest(x[0], 30),
+        MCRequest(x[1], 30),
+        MCRequest(x[2], 30, seed=11),  # seeded: its own masks
+        MCRequest(x[3], 17),  # another S: not merged with the first two
+        MCRequest(x[4], 30, return_samples=True),  # asks for draws: alone
+        MCRequest(x[5], 30),
+    ]
+    many = pred.predict_many(reqs, share_unseeded=True)
+    shared = {many[i].seed for i in (0, 1, 5)}
+    assert len(shared) == 1
+    assert many[2].seed == 11
+    assert many[3].seed not in shared and many[4].seed not in shared
+    assert many[4].draws is not None and many[4].draws.shape[:2] == (30, 2)
+    for r, m in zip(reqs, many):
+        assert m.samples == (r.samples or 30) and m.mean.shape[0] == len(r.inputs)
+        assert m.samples_per_row.tolist() == [m.samples] * len(r.inputs)
+        alone = pred.predict(r.inputs, samples=r.samples, seed=m.seed,
+                             return_samples=r.return_samples)  # fmt: skip
+        for name in _FIELDS:
+            a, b = getattr(m, name), getattr(alone, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert a.shape == b.shape, name
+                assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
+    # Without the option every unseeded request draws its own seed.
+    own = pred.predict_many([MCRequest(x[0], 30), MCRequest(x[1], 30)])
+    assert own[0].seed != own[1].seed
+
+
 class SqrtAfterDropout(nn.Module):
     """Negative inputs give NaN outputs, whatever the masks."""
 

@@ -352,6 +352,37 @@ async def test_seeded_answers_do_not_depend_on_concurrent_load(tiny_repo: Path) 
         assert m.batch_requests.count(model="clf") < 48 - 5
 
 
+@pytest.mark.parametrize("share", [True, False])
+async def test_unseeded_batched_requests_share_draws_unless_told_not_to(
+    tiny_repo: Path, share: bool
+) -> None:
+    # MCDROP_SHARE_UNSEEDED (default on): unseeded requests batched together run as the
+    # rows of one request, so they report one seed, and that seed alone reproduces each
+    # answer. Off: every request draws its own seed.
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(12, 4)).round(3).tolist()
+    settings = make_settings(tiny_repo, max_queue_delay_ms=50.0, max_queue_size=64,
+                             share_unseeded=share)  # fmt: skip
+    async with app_client(settings) as c:
+        answers = await asyncio.gather(
+            *(c.post("/v1/models/clf/predict", json={"inputs": [r], "samples": 40}) for r in rows)
+        )
+        bodies = [a.json() for a in answers]
+        assert all(a.status_code == 200 for a in answers)
+        m = c.app.state.metrics  # type: ignore[attr-defined]
+        assert m.batch_requests.count(model="clf") < 12  # some requests were batched
+        seeds = [b["seed"] for b in bodies]
+        if share:
+            assert len(set(seeds)) < 12
+        else:
+            assert len(set(seeds)) == 12
+        for r, b in zip(rows, bodies, strict=True):
+            again = await c.post(
+                "/v1/models/clf/predict", json={"inputs": [r], "samples": 40, "seed": b["seed"]}
+            )
+            assert np.allclose(again.json()["probs"], b["probs"], rtol=0, atol=1e-6)
+
+
 async def test_full_queue_answers_503_with_retry_after(client: httpx.AsyncClient) -> None:
     payload = {"inputs": [ROW], "samples": 2}
     rs = await asyncio.gather(

@@ -14,7 +14,7 @@ def test_defaults() -> None:
     s = Settings.from_env({})
     assert (s.host, s.port, s.api_key, s.cors_origins) == ("127.0.0.1", 8000, None, ())
     assert s.models_dir == DEFAULT_MODELS_DIR and DEFAULT_MODELS_DIR.name == "models"
-    assert s.batching_enabled
+    assert s.batching_enabled and s.share_unseeded and s.switch_interval_ms == 1.0
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -34,12 +34,15 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "MCDROP_DRAIN_SECONDS": "4",
         "MCDROP_LOG_LEVEL": "WARNING",
         "MCDROP_WORKERS": "2",
+        "MCDROP_SHARE_UNSEEDED": "false",
+        "MCDROP_SWITCH_INTERVAL_MS": "2.5",
     }
     s = Settings.from_env(env)
     assert s.models_dir == tmp_path and s.port == 9000 and s.api_key == "k"
     assert s.cors_origins == ("https://a.example", "https://b.example")
     assert (s.max_queue_delay_ms, s.request_timeout_s, s.log_level) == (0.5, 2.5, "warning")
     assert not s.batching and not s.batching_enabled and s.workers == 2
+    assert not s.share_unseeded and s.switch_interval_ms == 2.5
 
 
 @pytest.mark.parametrize(
@@ -52,6 +55,8 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         ("MCDROP_REQUEST_TIMEOUT_S", "0", "MCDROP_REQUEST_TIMEOUT_S must be > 0"),
         ("MCDROP_LOG_LEVEL", "loud", "MCDROP_LOG_LEVEL must be one of"),
         ("MCDROP_API_KEY", "  ", "must not be blank"),
+        ("MCDROP_SWITCH_INTERVAL_MS", "0", "MCDROP_SWITCH_INTERVAL_MS must be in (0, 1000]"),
+        ("MCDROP_SHARE_UNSEEDED", "sometimes", "expected true/false"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str, fragment: str) -> None:
