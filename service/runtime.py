@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pydantic
+import torch
 from pydantic import ConfigDict, TypeAdapter
 
 import mcdrop
@@ -83,6 +86,9 @@ def _reject_constant(token: str) -> Any:
     )
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def parse_json(body: bytes, max_depth: int) -> Any:
     """Parse a request body, refusing NaN/Infinity literals and nesting deeper than
     ``max_depth``.
@@ -94,8 +100,28 @@ def parse_json(body: bytes, max_depth: int) -> Any:
     """
     if not body.strip():
         raise BadRequest("the request body is empty; send a JSON object")
+    # orjson parses UTF-8 JSON several times faster; whatever it refuses (NaN literals,
+    # malformed or non-UTF-8 bodies, very deep nesting) goes to the standard parser, whose
+    # errors carry our messages. So do bodies with a run of 19 or more digits: orjson
+    # reads integers beyond 64 bits as floats, where the standard parser keeps them exact.
+    if _LONG_DIGITS.search(body) is not None:
+        obj = _parse_slow(body, max_depth)
+    else:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj = _parse_slow(body, max_depth)
+    # Nesting cannot exceed the number of opening brackets (those inside strings only
+    # raise the count): most bodies skip the walk, which costs a visit per number.
+    if body.count(b"[") + body.count(b"{") > max_depth:
+        _check_depth(obj, max_depth)
+    return obj
+
+
+def _parse_slow(body: bytes, max_depth: int) -> Any:
+    """:func:`parse_json`'s standard-library path (and its error messages)."""
     try:
-        obj = json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest(f"JSON is nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
@@ -104,11 +130,6 @@ def parse_json(body: bytes, max_depth: int) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise BadRequest("the request body is not UTF-8 encoded JSON") from None
-    # Nesting cannot exceed the number of opening brackets (those inside strings only
-    # raise the count): most bodies skip the walk, which costs a visit per number.
-    if body.count(b"[") + body.count(b"{") > max_depth:
-        _check_depth(obj, max_depth)
-    return obj
 
 
 def _check_depth(obj: Any, max_depth: int) -> None:
@@ -265,8 +286,7 @@ class ModelRuntime:
         share = s.share_unseeded
 
         def run_batch(requests: Sequence[MCRequest]) -> list[Answer | Exception]:
-            preds = predictor.predict_many(requests, share_unseeded=share)
-            return [self._answer_or_error(p) for p in preds]
+            return self.answers(predictor.predict_many(requests, share_unseeded=share))
 
         self.batcher = Batcher(
             self.name,
@@ -302,8 +322,9 @@ class ModelRuntime:
         """Cast to the model dtype and require finite values."""
         m = self.manifest
         if m.input_dtype != "int64":
-            with np.errstate(over="ignore"):
-                arr = arr.astype(_NP_DTYPES[m.input_dtype], copy=False)
+            if arr.dtype != _NP_DTYPES[m.input_dtype]:
+                with np.errstate(over="ignore"):  # overflow to inf is reported just below
+                    arr = arr.astype(_NP_DTYPES[m.input_dtype])
             finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
             if not finite.all():
                 bad = np.flatnonzero(~finite)[:10].tolist()
@@ -406,28 +427,44 @@ class ModelRuntime:
         ModelOutputError
             A statistic (or a raw draw) is not finite.
         """
-        arrays = {}
-        for name in self.output_fields():
-            value = getattr(pred, name)
-            if value is None:
-                continue
-            arr = np.ascontiguousarray(value.detach().cpu().numpy())
-            if not np.isfinite(arr).all():
-                raise ModelOutputError(f"its '{name}' is not finite")
-            arrays[name] = arr
-        draws = None
-        if pred.draws is not None:
-            draws = np.ascontiguousarray(pred.draws.detach().cpu().numpy())
-            if not np.isfinite(draws).all():
-                raise ModelOutputError("its raw draws are not finite")
-        return Answer(pred.samples, pred.seed, arrays, draws)
+        out = self.answers([pred])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
 
-    def _answer_or_error(self, pred: Prediction) -> Answer | Exception:
-        """:meth:`answer`, or its error for this request alone (the batch's others stand)."""
-        try:
-            return self.answer(pred)
-        except ModelOutputError as exc:
-            return exc
+    def answers(self, preds: Sequence[Prediction]) -> list[Answer | Exception]:
+        """The wire form of a batch's predictions, or for a request whose statistics are not
+        finite its :class:`ModelOutputError` (the batch's others stand).
+
+        Each statistic of the whole batch is converted and checked at once, then split into
+        per-request views: a fixed number of array operations per batch instead of per
+        request and statistic."""
+        sizes = [len(p.mean) for p in preds]
+        cuts = np.cumsum(sizes)[:-1]
+        starts = np.concatenate([[0], cuts]).astype(np.intp)
+        errors: list[Exception | None] = [None] * len(preds)
+        arrays: list[dict[str, np.ndarray]] = [{} for _ in preds]
+        for name in self.output_fields():
+            values = [getattr(p, name) for p in preds]
+            if any(v is None for v in values):
+                continue
+            whole = values[0] if len(values) == 1 else torch.cat(values)
+            arr = np.ascontiguousarray(whole.detach().cpu().numpy())  # (sum B, ...)
+            finite_rows = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+            finite = np.logical_and.reduceat(finite_rows, starts)  # per request
+            for i, part in enumerate(np.split(arr, cuts)):
+                arrays[i][name] = part
+                if not finite[i] and errors[i] is None:
+                    errors[i] = ModelOutputError(f"its '{name}' is not finite")
+        out: list[Answer | Exception] = []
+        for p, err, arrs in zip(preds, errors, arrays, strict=True):
+            draws = None
+            if err is None and p.draws is not None:
+                draws = np.ascontiguousarray(p.draws.detach().cpu().numpy())
+                if not np.isfinite(draws).all():
+                    err = ModelOutputError("its raw draws are not finite")
+            out.append(err if err is not None else Answer(p.samples, p.seed, arrs, draws))
+        return out
 
     def v1_response(self, ans: Answer) -> dict[str, Any]:
         """The v1 answer: numpy arrays, written as nested lists by

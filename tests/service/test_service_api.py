@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from svc_helpers import app_client, make_settings, write_tiny_repo
 
 pytestmark = pytest.mark.anyio
@@ -324,6 +326,25 @@ async def test_metrics_and_access_log(
             assert not math.isnan(float(line.rsplit(" ", 1)[1])), line
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text() | st.integers(2**63, 10**30) | st.integers(-(10**30), -(2**63)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(value=_JSON)
+def test_parse_json_reads_bodies_as_the_standard_parser_does(value: Any) -> None:
+    # parse_json takes orjson's fast path when it can; the result must be what json.loads
+    # gives (integers beyond 64 bits kept exact, not turned into floats).
+    from service.runtime import parse_json
+
+    body = json.dumps(value).encode()
+    assert parse_json(body, 1000) == json.loads(body)
+
+
 # ------------------------------------------------------------------------------ batching
 
 
@@ -381,6 +402,37 @@ async def test_unseeded_batched_requests_share_draws_unless_told_not_to(
                 "/v1/models/clf/predict", json={"inputs": [r], "samples": 40, "seed": b["seed"]}
             )
             assert np.allclose(again.json()["probs"], b["probs"], rtol=0, atol=1e-6)
+
+
+def test_batch_answers_fail_only_the_request_whose_statistics_are_not_finite(
+    tiny_repo: Path,
+) -> None:
+    # ModelRuntime.answers converts a whole batch at once and splits it per request; a
+    # statistic that is not finite (finite outputs whose variance overflowed, say) fails
+    # that request alone, and every other request gets exactly its own rows.
+    import torch
+
+    from mcdrop.errors import ModelOutputError
+    from mcdrop.repository import load_model
+    from service.metrics import ServiceMetrics
+    from service.runtime import Answer, ModelRuntime
+
+    rt = ModelRuntime(load_model(tiny_repo / "reg"), make_settings(tiny_repo), ServiceMetrics())
+    pred = rt.loaded.predictor()
+    g = torch.Generator().manual_seed(5)
+    preds = [pred.predict(torch.randn(b, 4, generator=g), samples=8) for b in (2, 1, 3)]
+    preds[1].variance = preds[1].variance.clone()
+    preds[1].variance[0, 0] = float("inf")
+    out = rt.answers(preds)
+    assert isinstance(out[1], ModelOutputError) and "'variance' is not finite" in str(out[1])
+    for p, a in ((preds[0], out[0]), (preds[2], out[2])):
+        assert isinstance(a, Answer) and (a.samples, a.seed) == (p.samples, p.seed)
+        assert set(a.arrays) == {name for name in rt.output_fields()}
+        for name, arr in a.arrays.items():
+            assert arr.flags.c_contiguous
+            assert np.array_equal(arr, getattr(p, name).numpy()), name
+    with pytest.raises(ModelOutputError):
+        rt.answer(preds[1])
 
 
 async def test_full_queue_answers_503_with_retry_after(client: httpx.AsyncClient) -> None:
