@@ -4,15 +4,19 @@
 For B = 1, 8, 32, 128 one-row requests of a served model at S samples, in one process:
 
 - ``loop``: B ``predict`` calls, one per request (what the server does with batching off);
-- ``predict_many``: the B requests, each with its own seed, in one call (batching on);
+- ``predict_many``: the B requests, each with its own seed, in one call (batching on with
+  ``MCDROP_SHARE_UNSEEDED=false``, or seeded requests);
+- ``shared``: the B requests without seeds, ``predict_many(share_unseeded=True)``: one seed
+  and one set of masks for all (batching on, the service's default for unseeded requests);
 - ``one request``: one request of B rows (masks shared by its rows: no batching can beat
   the compute this leaves, since the other two must draw B times as many masks).
 
     python benchmarks/batching.py                       # digits, S = 100
     python benchmarks/batching.py --model concrete --threads 1
 
-Prints medians over ``--repeats`` runs (ms) and the ratio loop / predict_many: the most
-batching can give the service at that B, before any HTTP cost (which both modes pay).
+Prints medians over ``--repeats`` runs (ms) and the ratios loop / predict_many and
+loop / shared: the most batching can give the service at that B, before any HTTP cost
+(which both modes pay).
 """
 
 from __future__ import annotations
@@ -61,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0))
     s = args.samples
     print(f"{args.model}, S = {s}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| B | loop of B calls (ms) | predict_many (ms) | one request of B rows (ms) "
-          "| loop / many |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    print("| B | loop of B calls (ms) | predict_many (ms) | shared (ms) "
+          "| one request of B rows (ms) | loop / many | loop / shared |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     rows = []
     for b in args.batches:
         reqs = [MCRequest(x, s, 1000 + i) for i in range(b)]
@@ -72,9 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             lambda reqs=reqs: [pred.predict(r.inputs, s, r.seed) for r in reqs], args.repeats
         )
         many = _median_ms(lambda reqs=reqs: pred.predict_many(reqs), args.repeats)
+        unseeded = [MCRequest(x, s) for _ in range(b)]
+        shared = _median_ms(
+            lambda u=unseeded: pred.predict_many(u, share_unseeded=True), args.repeats
+        )
         one = _median_ms(lambda xb=xb: pred.predict(xb, s, 1), args.repeats)
-        rows.append({"B": b, "loop_ms": loop, "many_ms": many, "one_ms": one})
-        print(f"| {b} | {loop:.2f} | {many:.2f} | {one:.2f} | {loop / many:.2f}x |", flush=True)
+        rows.append(
+            {"B": b, "loop_ms": loop, "many_ms": many, "shared_ms": shared, "one_ms": one}
+        )
+        print(f"| {b} | {loop:.2f} | {many:.2f} | {shared:.2f} | {one:.2f} "
+              f"| {loop / many:.2f}x | {loop / shared:.2f}x |", flush=True)  # fmt: skip
     print(json.dumps({"bench": "batching", "model": args.model, "samples": s, "rows": rows}))
     return 0
 

@@ -5,6 +5,11 @@ async httpx load, with dynamic batching on and off in the same run, then past sa
     python benchmarks/load.py                       # digits, S = 100, concurrency 1 8 32 128
     python benchmarks/load.py --quick               # a short smoke run
     python benchmarks/load.py --models-dir DIR --model NAME --samples 50
+    python benchmarks/load.py --no-share            # every request draws its own masks
+
+The payload has no seed, so by default requests batched together share one seed and one
+set of sampled subnetworks (MCDROP_SHARE_UNSEEDED); ``--no-share`` measures the server
+where each request draws its own.
 
 For each concurrency it reports throughput (answered requests/s), p50/p95/p99 latency,
 errors by status and what the batcher did (engine calls, rows per call, from /metrics).
@@ -427,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue-delay-ms", type=float, default=None,
                    help="MCDROP_MAX_QUEUE_DELAY_MS (default: the service's)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="few requests per phase (smoke run)")
+    p.add_argument("--no-share", action="store_true",
+                   help="MCDROP_SHARE_UNSEEDED=false: every request draws its own masks")  # fmt: skip
     p.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto",
                    help="load generator of the on/off phases: wrk (when installed: "
                         "apt-get install wrk) or the Python httpx one (default: auto)")  # fmt: skip
@@ -441,9 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     base_env: dict[str, str] = {}
     if args.queue_delay_ms is not None:
         base_env["MCDROP_MAX_QUEUE_DELAY_MS"] = str(args.queue_delay_ms)
+    if args.no_share:
+        base_env["MCDROP_SHARE_UNSEEDED"] = "false"
 
     print(f"load benchmark: {args.model}, S = {args.samples}, generator {args.generator}, "
-          f"{versions()}", flush=True)  # fmt: skip
+          f"unseeded requests share masks: {not args.no_share}, {versions()}",
+          flush=True)  # fmt: skip
     rows: list[dict[str, Any]] = []
     payload: dict[str, Any] = {}
     for mode, extra in (("on", {}), ("off", {"MCDROP_BATCHING": "false"})):
@@ -493,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"c=32 throughput ratio on/off: {ratio:.2f}x")
     result = {
         "bench": "load", "model": args.model, "samples": args.samples,
-        "generator": args.generator,
+        "generator": args.generator, "share_unseeded": not args.no_share,
         "versions": versions(), "phases": rows, "saturation": sat, "targets": targets,
     }  # fmt: skip
     print(json.dumps(result, separators=(",", ":")))
