@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda u=unseeded: pred.predict_many(u, share_unseeded=True), args.repeats
         )
         one = _median_ms(lambda xb=xb: pred.predict(xb, s, 1), args.repeats)
-        rows.append(
-            {"B": b, "loop_ms": loop, "many_ms": many, "shared_ms": shared, "one_ms": one}
-        )
+        rows.append({"B": b, "loop_ms": loop, "many_ms": many, "shared_ms": shared, "one_ms": one})
         print(f"| {b} | {loop:.2f} | {many:.2f} | {shared:.2f} | {one:.2f} "
               f"| {loop / many:.2f}x | {loop / shared:.2f}x |", flush=True)  # fmt: skip
     print(json.dumps({"bench": "batching", "model": args.model, "samples": s, "rows": rows}))

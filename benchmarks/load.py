@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="MCDROP_MAX_QUEUE_DELAY_MS (default: the service's)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="few requests per phase (smoke run)")
     p.add_argument("--no-share", action="store_true",
-                   help="MCDROP_SHARE_UNSEEDED=false: every request draws its own masks")  # fmt: skip
+                   help="MCDROP_SHARE_UNSEEDED=false: own masks per request")  # fmt: skip
     p.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto",
                    help="load generator of the on/off phases: wrk (when installed: "
                         "apt-get install wrk) or the Python httpx one (default: auto)")  # fmt: skip

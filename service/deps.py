@@ -111,8 +111,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     try:
         return await work
     except asyncio.CancelledError:
-        # Ours alone (no shutdown cancelling the request too): the client left.
-        if gone and caller.uncancel() == 0:
+        # Ours alone (no shutdown cancelling the request too): the client left. Python
+        # 3.10 does not count cancellations (no Task.uncancel): there, ours is assumed.
+        uncancel = getattr(caller, "uncancel", None)
+        if gone and (uncancel is None or uncancel() == 0):
             raise ClientDisconnected("the client closed the connection before the answer") from None
         raise
     finally:
