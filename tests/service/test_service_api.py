@@ -326,6 +326,32 @@ async def test_metrics_and_access_log(
             assert not math.isnan(float(line.rsplit(" ", 1)[1])), line
 
 
+async def test_prediction_routes_are_dispatched_directly_and_others_fall_through(
+    client: httpx.AsyncClient,
+) -> None:
+    # service/direct.py takes POST predict/infer before the router; its table must be the
+    # served (OpenAPI) paths of those routes, and whatever it does not take reaches the app.
+    from fastapi.routing import APIRoute
+
+    from service.direct import DirectRoutes
+
+    app = client.app  # type: ignore[attr-defined]
+    layer = next(m for m in app.user_middleware if m.cls is DirectRoutes)
+    direct = {r.path for r in layer.kwargs["routes"] if isinstance(r, APIRoute)}
+    served = {p for p in app.openapi()["paths"] if p.endswith(("/predict", "/infer"))}
+    assert direct == served and len(direct) == 3
+    # Taken directly: the handler runs, with the same answers and errors as through FastAPI.
+    ok = await client.post("/v2/models/reg/versions/1/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})  # fmt: skip
+    assert ok.status_code == 200, ok.text
+    assert {o["name"] for o in ok.json()["outputs"]} >= {"mean", "variance"}
+    _error(await client.post("/v1/models/nope/predict", json={"inputs": [ROW]}), 404, "nope")
+    _error(await client.post("/v1/models/reg/predict", content=b"{"), 400, "malformed JSON")
+    # Not taken: other methods on the same path, and paths it does not know.
+    _error(await client.get("/v1/models/reg/predict"), 405, "not allowed")
+    _error(await client.post("/v1/models/reg/predict/extra", json={}), 404, "no route")
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
     | st.text() | st.integers(2**63, 10**30) | st.integers(-(10**30), -(2**63)),
