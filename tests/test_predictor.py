@@ -22,6 +22,7 @@ from mcdrop import (
     MCRequest,
     ModelOutputError,
     NoDropoutError,
+    Prediction,
 )
 
 
@@ -217,6 +218,17 @@ _FIELDS = ("mean", "variance", "std", "stderr", "epistemic_variance", "aleatoric
            "variation_ratio", "samples_per_row", "draws")  # fmt: skip
 
 
+def _assert_same_fields(m: Prediction, alone: Prediction) -> None:
+    """Every field of ``m`` equals the one of ``alone`` (None where it is None)."""
+    for name in _FIELDS:
+        a, b = getattr(m, name), getattr(alone, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.shape == b.shape, name
+            # float32 model outputs: rounding differs with the batch the rows ran in
+            assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
+
+
 @pytest.mark.parametrize("case", ["classifier", "hetero+tau", "no-split"])
 @pytest.mark.parametrize("widths", [(1,) * 12, (1, 3, 2, 1, 4)])
 def test_predict_many_in_one_chunk_equals_each_alone(case: str, widths: tuple[int, ...]) -> None:
@@ -245,13 +257,7 @@ def test_predict_many_in_one_chunk_equals_each_alone(case: str, widths: tuple[in
         alone = pred.predict(r.inputs, samples=r.samples, seed=r.seed,
                              return_samples=r.return_samples)  # fmt: skip
         assert (m.samples, m.seed) == (r.samples, r.seed)
-        for name in _FIELDS:
-            a, b = getattr(m, name), getattr(alone, name)
-            assert (a is None) == (b is None), name
-            if a is not None:
-                assert a.shape == b.shape, name
-                # float32 model outputs: rounding differs with the batch the rows ran in
-                assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
+        _assert_same_fields(m, alone)
 
 
 @pytest.mark.parametrize("case", ["classifier", "hetero+tau"])
@@ -285,12 +291,7 @@ def test_predict_many_shares_draws_between_unseeded_requests(case: str) -> None:
         assert m.samples_per_row.tolist() == [m.samples] * len(r.inputs)
         alone = pred.predict(r.inputs, samples=r.samples, seed=m.seed,
                              return_samples=r.return_samples)  # fmt: skip
-        for name in _FIELDS:
-            a, b = getattr(m, name), getattr(alone, name)
-            assert (a is None) == (b is None), name
-            if a is not None:
-                assert a.shape == b.shape, name
-                assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
+        _assert_same_fields(m, alone)
     # Without the option every unseeded request draws its own seed.
     own = pred.predict_many([MCRequest(x[0], 30), MCRequest(x[1], 30)])
     assert own[0].seed != own[1].seed
