@@ -100,7 +100,10 @@ class PredictRequest(_Strict):
         default=None,
         ge=0,
         le=MAX_SEED,
-        description="same seed + same input -> same numbers; random when omitted",
+        description=(
+            "same seed + same input -> same numbers; random when omitted (unseeded "
+            "requests batched together share one, as the rows of one request do)"
+        ),
     )
     return_samples: bool = Field(
         default=False,
