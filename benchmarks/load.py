@@ -469,10 +469,15 @@ def main(argv: list[str] | None = None) -> int:
         sat = asyncio.run(_saturate(server, args.model, payload, args))
     print(
         f"  saturation c={args.saturation_concurrency} queue={args.saturation_queue}: "
-        f"{sat['requests']} req, {sat['rps']} ok/s, 503: {sat['n_503']} "
-        f"(p50 {sat['p50_503_ms']} p95 {sat['p95_503_ms']} max {sat['max_503_ms']} ms), "
-        f"200 p95 {sat['p95_ms']} max {sat['max_200_ms']} ms; server side: 503 p50 "
-        f"{sat['server_p50_503_ms']} p95 {sat['server_p95_503_ms']} ms, 200 p95 "
+        f"{sat['requests']} req, {sat['rps']} ok/s, 503: {sat['n_503']}; client side "
+        + (
+            f"(all statuses) p50 {sat['p50_503_ms']} p95 {sat['p95_503_ms']} ms"
+            if args.generator == "wrk"  # wrk's latencies are not split by status
+            else f"503 p50 {sat['p50_503_ms']} p95 {sat['p95_503_ms']} max "
+            f"{sat['max_503_ms']} ms, 200 p95 {sat['p95_ms']} max {sat['max_200_ms']} ms"
+        )
+        + "; server side: 503 p50 "
+        + f"{sat['server_p50_503_ms']} p95 {sat['server_p95_503_ms']} ms, 200 p95 "
         f"{sat['server_p95_200_ms']} max {sat['server_max_200_ms']} ms; other errors "
         f"{ {k: v for k, v in sat['errors'].items() if k != '503'} or 0 }",
         flush=True,
