@@ -297,6 +297,11 @@ def build_app(settings: Settings | None = None, ray_settings: RaySettings | None
         "ray_actor_options": {"num_cpus": rs.num_cpus},
         # Let in-flight requests finish on scale-down / shutdown, as uvicorn does.
         "graceful_shutdown_timeout_s": max(1.0, settings.drain_seconds),
+        # Ray sleeps one wait loop (2 s by default) before it first looks for ongoing
+        # requests, all from the same budget: with a short drain nothing was left for the
+        # app's shutdown (batchers finishing, the replica's "stopped" line) before the
+        # controller killed the replica. A quarter of the budget per loop leaves room.
+        "graceful_shutdown_wait_loop_s": min(2.0, max(0.1, settings.drain_seconds / 4)),
     }
     if rs.autoscaling is not None:
         options["autoscaling_config"] = rs.autoscaling
