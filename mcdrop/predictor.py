@@ -337,7 +337,8 @@ class MCPredictor:
                     raise InvalidInputError(f"request {i}: {exc}") from exc
                 if share_unseeded and r.seed is None and not r.return_samples:
                     xt, s, _ = raw[-1]
-                    shared.setdefault((s, tuple(xt.shape[1:]), xt.dtype), []).append(i)
+                    key = (s, tuple(xt.shape[1:]), xt.dtype, xt.device)
+                    shared.setdefault(key, []).append(i)
             if not raw:
                 return []
 

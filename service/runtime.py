@@ -65,9 +65,10 @@ PLATFORM = "pytorch_mcdrop"
 class Answer:
     """A prediction as the wire needs it: finite numpy arrays, made in the batcher thread.
 
-    The conversion from tensors happens there, once per request, so that the event loop
-    never calls torch: every torch call lets go of the GIL, and getting it back from a
-    busy engine thread cost the event loop more than the conversion itself.
+    The conversion from tensors happens there (once per batch, see
+    :meth:`ModelRuntime.answers`), so that the event loop never calls torch: every torch
+    call lets go of the GIL, and getting it back from a busy engine thread cost the event
+    loop more than the conversion itself.
     """
 
     samples: int
@@ -439,6 +440,8 @@ class ModelRuntime:
         Each statistic of the whole batch is converted and checked at once, then split into
         per-request views: a fixed number of array operations per batch instead of per
         request and statistic."""
+        if not preds:
+            return []
         sizes = [len(p.mean) for p in preds]
         cuts = np.cumsum(sizes)[:-1]
         starts = np.concatenate([[0], cuts]).astype(np.intp)
