@@ -372,9 +372,14 @@ async def _saturate(server: ServerProcess, model: str, payload: dict[str, Any], 
         "n_503": r.statuses.get("503", 0),
         "p50_503_ms": round(client_pct(50) * 1000, 1),
         "p95_503_ms": round(client_pct(95) * 1000, 1),
-        "max_503_ms": round(max(by_status.get("503", [float("nan")])) * 1000, 1),
-        "max_200_ms": round(max(by_status.get("200", [float("nan")])) * 1000, 1),
+        # None (JSON null) where wrk gives no per-status figures
+        "max_503_ms": _max_ms(by_status.get("503")),
+        "max_200_ms": _max_ms(by_status.get("200")),
     }
+
+
+def _max_ms(xs: list[float] | None) -> float | None:
+    return round(max(xs) * 1000, 1) if xs else None
 
 
 def server_latencies(log_path: Path, route_suffix: str) -> dict[str, list[float]]:
