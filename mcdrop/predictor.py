@@ -342,17 +342,22 @@ class MCPredictor:
             if not raw:
                 return []
 
+            def check_one(i: int) -> torch.Tensor:
+                try:
+                    return self._checked(raw[i][0])
+                except InvalidInputError as exc:
+                    raise InvalidInputError(f"request {i}: {exc}") from exc
+
             def checked(idx: list[int]) -> torch.Tensor:
-                """The inputs of requests ``idx`` as one checked tensor; an error names
-                the request it comes from."""
+                """The inputs of requests ``idx`` as one checked tensor (a request alone
+                is not copied); an error names the request it comes from."""
+                if len(idx) == 1:
+                    return check_one(idx[0])
                 try:
                     return self._checked(torch.cat([raw[i][0] for i in idx]))
                 except InvalidInputError:
                     for i in idx:
-                        try:
-                            self._checked(raw[i][0])
-                        except InvalidInputError as one:
-                            raise InvalidInputError(f"request {i}: {one}") from one
+                        check_one(i)
                     raise  # pragma: no cover - the concatenation failed, no part does
 
             # Requests that share draws become one group of all their rows (a merge of one

@@ -297,6 +297,17 @@ def test_predict_many_shares_draws_between_unseeded_requests(case: str) -> None:
     assert own[0].seed != own[1].seed
 
 
+@pytest.mark.parametrize("share", [False, True])
+def test_predict_many_names_the_request_with_non_finite_inputs(share: bool) -> None:
+    # Alone or merged with other unseeded requests, the error names the request at fault.
+    pred = MCPredictor(classifier(), samples=5, task="classification")
+    ok, bad = torch.ones(2, 5), torch.ones(1, 5)
+    bad[0, 3] = float("nan")
+    reqs = [MCRequest(ok), MCRequest(bad), MCRequest(ok)]
+    with pytest.raises(InvalidInputError, match=r"request 1: inputs contain NaN or Inf in rows 0"):
+        pred.predict_many(reqs, share_unseeded=share)
+
+
 class SqrtAfterDropout(nn.Module):
     """Negative inputs give NaN outputs, whatever the masks."""
 
