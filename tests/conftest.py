@@ -1,9 +1,32 @@
-"""Shared fixtures: seeded torch state per test, tiny models."""
+"""Shared fixtures: seeded torch state per test, tiny models, CI's shape knobs.
+
+Two environment variables let CI run the engine tests again in other GEMM shapes, to
+catch float32 comparisons that only hold for one chunking or thread split:
+
+- ``MCDROP_TEST_THREADS``: torch's intra-op thread count for the whole run;
+- ``MCDROP_TEST_CHUNK_BYTES``: the engine's CPU activation budget per chunk (default
+  64 MiB), so that default-sized predictors split their rows into other chunks.
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+_THREADS = os.environ.get("MCDROP_TEST_THREADS")
+if _THREADS:
+    torch.set_num_threads(int(_THREADS))
+
+
+@pytest.fixture(autouse=True)
+def _chunk_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = os.environ.get("MCDROP_TEST_CHUNK_BYTES")
+    if budget:
+        import mcdrop.predictor
+
+        monkeypatch.setattr(mcdrop.predictor, "_CPU_BUDGET", int(budget))
 
 
 @pytest.fixture(autouse=True)

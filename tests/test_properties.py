@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from helpers.tolerance import assert_close_f32, value_scale
 from mcdrop import MCDropout, MCPredictor
 
 dims = st.integers(min_value=1, max_value=6)
@@ -69,7 +70,8 @@ def test_batched_equals_looped(batch: int, seed: int, chunk: int) -> None:
     looped = torch.cat(
         [MCPredictor(model, samples=12).predict(x[i : i + 1], seed=seed).mean for i in range(batch)]
     )
-    assert torch.allclose(batched.mean, looped, atol=1e-6)
+    # one row alone vs in a chunk of others: other GEMM shapes, float32 rounding
+    assert_close_f32(batched.mean, looped, scale=value_scale(batched.mean, batched.variance))
 
 
 def test_core_imports_no_http_stack() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers.tolerance import assert_close_f32, value_scale
 from svc_helpers import Server, start_server
 
 pytestmark = pytest.mark.e2e
@@ -123,10 +124,13 @@ def test_out_of_memory_in_a_batch_is_retried_with_smaller_chunks(
     assert np.allclose(got["mean"], want.mean.numpy(), rtol=0, atol=1e-5)
     assert np.allclose(got["variance"], want.variance.numpy(), rtol=1e-4, atol=1e-6)
     again = httpx.post(f"{server.url}/v1/models/oom/predict", json=body, timeout=30)
-    # The engine now starts from the smaller chunk: same numbers up to float64 rounding of
-    # the streaming sums (the chunk boundaries differ from the first, halving run).
+    # The engine now starts from the smaller chunk: other chunk shapes than the first,
+    # halving run, so the same masks give numbers equal to float32 rounding.
     assert again.status_code == 200
-    assert np.allclose(again.json()["mean"], got["mean"], rtol=0, atol=1e-12)
+    scale = value_scale(got["mean"], got["variance"])
+    assert_close_f32(again.json()["mean"], got["mean"], scale=scale, what="mean")
+    assert_close_f32(again.json()["variance"], got["variance"], scale=2 * scale**2,
+                     what="variance")  # fmt: skip
 
 
 # ------------------------------------------------------------------ slow model: 504
