@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tolerance import assert_close_f32, assert_stats_close_f32, value_scale
 from torch import nn
 
-from helpers.tolerance import assert_close_f32, assert_stats_close_f32, value_scale
 from mcdrop import (
     InvalidInputError,
     MCDropout,

@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import torch
+from helpers.tolerance import assert_close_f32, value_scale
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers.tolerance import assert_close_f32, value_scale
 from mcdrop import MCDropout, MCPredictor
 
 dims = st.integers(min_value=1, max_value=6)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers.tolerance import assert_stats_close_f32
+
 from mcdrop.cli import main as cli_main
 from service.settings import DEFAULT_MODELS_DIR, Settings
 
