@@ -442,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto",
                    help="load generator of the on/off phases: wrk (when installed: "
                         "apt-get install wrk) or the Python httpx one (default: auto)")  # fmt: skip
+    p.add_argument("--device", default=None, help="MCDROP_DEVICE of the server (e.g. cuda)")
     args = p.parse_args(argv)
     if args.generator == "auto":
         import shutil
@@ -455,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         base_env["MCDROP_MAX_QUEUE_DELAY_MS"] = str(args.queue_delay_ms)
     if args.no_share:
         base_env["MCDROP_SHARE_UNSEEDED"] = "false"
+    if args.device is not None:
+        base_env["MCDROP_DEVICE"] = args.device
 
     print(f"load benchmark: {args.model}, S = {args.samples}, generator {args.generator}, "
           f"unseeded requests share masks: {not args.no_share}, {versions()}",
