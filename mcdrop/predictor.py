@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from mcdrop import _planning, _sampling, layers
 from mcdrop._keyed import unit_keys_many
 from mcdrop._planning import _Plan
 from mcdrop.errors import InvalidInputError, ModelOutputError
+from mcdrop.fields import check_samples, check_seed, draw_seed
 from mcdrop.prediction import MCRequest, Prediction
 from mcdrop.stats import (
     ClassStats,
@@ -51,7 +51,6 @@ __all__ = ["MCPredictor", "Prediction", "MCRequest"]
 log = logging.getLogger("mcdrop")
 
 Task = Literal["regression", "classification"]
-_MAX_SEED = 2**63 - 1
 _CPU_BUDGET = 64 * 2**20  # bytes of activations per chunk on CPU
 
 
@@ -69,21 +68,11 @@ class _Group:
 
 
 def _validate_samples(samples: Any, name: str = "samples") -> int:
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
-        raise InvalidInputError(f"{name} must be a positive integer, got {samples!r}")
-    if samples < 1:
-        raise InvalidInputError(f"{name} must be at least 1, got {samples}")
-    return int(samples)
+    return check_samples(samples, name)
 
 
 def _validate_seed(seed: Any) -> int:
-    if seed is None:
-        return secrets.randbits(62)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InvalidInputError(f"seed must be an integer, got {seed!r}")
-    if not 0 <= seed <= _MAX_SEED:
-        raise InvalidInputError(f"seed must be in [0, 2**63 - 1], got {seed}")
-    return int(seed)
+    return draw_seed() if seed is None else check_seed(seed)
 
 
 @contextmanager
@@ -398,10 +387,7 @@ class MCPredictor:
         """S for a call: the default, or ``samples`` checked within [1, max_samples]."""
         if samples is None:
             return self.samples
-        s = _validate_samples(samples)
-        if s > self.max_samples:
-            raise InvalidInputError(f"samples must be at most {self.max_samples}, got {s}")
-        return s
+        return check_samples(samples, maximum=self.max_samples)
 
     def _prepare(self, x: Any) -> torch.Tensor:
         return self._checked(self._as_tensor(x))

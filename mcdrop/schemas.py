@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcdrop.fields import MAX_SEED
+
 __all__ = [
     "MAX_SEED",
     "ErrorResponse",
@@ -41,9 +43,6 @@ __all__ = [
     "ModelMetadata",
     "ServerMetadata",
 ]
-
-MAX_SEED = 2**63 - 1
-"""Largest seed accepted (seeds are in [0, 2**63 - 1])."""
 
 
 class _Strict(BaseModel):
