@@ -1,4 +1,4 @@
-"""The ``mcdrop`` command: serve, predict, evaluate, bench.
+"""The ``mcdrop`` command: serve, predict, evaluate, bench (also ``python -m mcdrop``).
 
 Each subcommand imports what it needs only when it runs, so ``mcdrop --help`` stays fast
 and the core library never imports the service.
@@ -46,13 +46,28 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed mcdrop version (read without importing torch, so the answer is quick)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("mcdrop")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from mcdrop import __version__
+
+        return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mcdrop COMMAND ...``; returns the exit status (2 for a usage error)."""
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="mcdrop",
         description="Monte Carlo dropout uncertainty: engine, service and tools.",
         epilog="Run 'mcdrop COMMAND --help' for the options of a command.",
     )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
         "command",
         choices=sorted(COMMANDS),
@@ -61,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2
+    if args[0] in ("--version", "-V"):
+        print(f"mcdrop {version()}")
+        return 0
     if args[0] not in COMMANDS:
         parser.parse_args(args[:1])  # prints the usage error and exits 2
     return COMMANDS[args[0]][0](args[1:])

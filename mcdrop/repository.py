@@ -75,6 +75,7 @@ __all__ = [
     "load_manifest",
     "load_model",
     "load_repository",
+    "default_models_dir",
     "save_model",
     "manifest_to_toml",
     "MANIFEST_FILE",
@@ -560,6 +561,35 @@ def load_repository(root: str | Path) -> Repository:
         repo.models[name] = loaded
         owners[name] = folder.name
     return repo
+
+
+DEFAULT_MODELS_PACKAGE = "mcdrop.default_models"
+
+
+def default_models_dir() -> Path:
+    """The folder of the default models that ship with mcdrop.
+
+    A source checkout (or an editable install) serves the repository's own ``models/``
+    folder, so that retrained weights are picked up without reinstalling; an installed
+    wheel carries the same folders as the data package ``mcdrop.default_models``
+    (``pyproject.toml`` maps ``models/`` onto it).
+
+    Returns
+    -------
+    Path
+        The first of ``<checkout>/models`` and ``<site-packages>/mcdrop/default_models``
+        that holds a model folder; the installed location when neither does (the caller
+        reports that it holds no model).
+    """
+    here = Path(__file__).resolve().parent  # .../mcdrop
+    installed = here / DEFAULT_MODELS_PACKAGE.rpartition(".")[2]
+    candidates = [installed]
+    if (here.parent / "pyproject.toml").is_file():  # a checkout, not site-packages/models
+        candidates.insert(0, here.parent / "models")
+    for candidate in candidates:
+        if candidate.is_dir() and any(candidate.glob(f"*/{MANIFEST_FILE}")):
+            return candidate
+    return installed
 
 
 # --------------------------------------------------------------------------------------
