@@ -9,7 +9,9 @@
 row per line, an optional header line; the leading columns are the flattened input row
 (``prod(input_shape)`` values), the last column the target (regression) or the class index
 (classification). Writes ``DIR/report.json`` and PNG plots: a reliability diagram for
-classifiers, a coverage curve for regression, and the predictive band for 1-D inputs.
+classifiers, a coverage curve for regression, and the predictive band for 1-D inputs. The
+plots need matplotlib (``pip install 'mcdrop[plots]'``); without it the report is written
+alone and says so (``figures_skipped``). Nothing is left in ``DIR`` when the run fails.
 
 Exit codes: 0 success, 2 bad model folder or data file (the message says what to fix).
 """
@@ -17,10 +19,13 @@ Exit codes: 0 success, 2 bad model folder or data file (the message says what to
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -202,10 +207,8 @@ def evaluate(
         prog.update()
     res = {k: np.concatenate(v, axis=1 if k == "draws" else 0) for k, v in parts.items()}
 
-    out_path = Path(out_dir)
-    out_path.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {}
-    figures: list[str] = []
+    figures: list[Callable[[Path], str]] = []  # drawn once the scores are all computed
     if m.task == "regression":
         mean, std = res["mean"][:, 0], res["std"][:, 0]
         metrics["rmse"] = cal.rmse(target, mean)
@@ -221,10 +224,9 @@ def evaluate(
         metrics["coverage"] = {
             str(k): v for k, v in cal.interval_coverage(target, mean, std, levels).items()
         }
-        if plots:
-            figures.append(_plot_coverage(out_path, target, mean, std, m.name))
-            if n_in == 1:
-                figures.append(_plot_band(out_path, x.reshape(-1), target, mean, std, m.name))
+        figures.append(lambda d: _plot_coverage(d, target, mean, std, m.name))
+        if n_in == 1:
+            figures.append(lambda d: _plot_band(d, x.reshape(-1), target, mean, std, m.name))
     else:
         probs, labels = res["probs"], target.astype(np.int64)
         metrics["accuracy"] = float((probs.argmax(1) == labels).mean())
@@ -233,9 +235,8 @@ def evaluate(
         metrics["brier"] = cal.brier_score(probs, labels)
         metrics["mean_mutual_information"] = float(res["mi"].mean())
         metrics["mean_predictive_entropy"] = float(res["ent"].mean())
-        if plots:
-            rc = cal.reliability_curve(probs, labels, bins)
-            figures.append(_plot_reliability(out_path, rc, metrics["ece"], m.name))
+        rc = cal.reliability_curve(probs, labels, bins)
+        figures.append(lambda d: _plot_reliability(d, rc, metrics["ece"], m.name))
     report = {
         "model": m.name,
         "version": m.version,
@@ -246,10 +247,42 @@ def evaluate(
         "seed": seed,
         "tau": m.tau,
         "metrics": metrics,
-        "figures": figures,
+        "figures": [],
     }
-    (out_path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if plots and not has_matplotlib():
+        report["figures_skipped"] = PLOTS_HINT
+        print(f"mcdrop evaluate: no plots: {PLOTS_HINT}", file=stream or sys.stderr)
+        plots = False
+    _write(Path(out_dir), report, figures if plots else [])
     return report
+
+
+PLOTS_HINT = "matplotlib is not installed; pip install 'mcdrop[plots]' to get the PNG figures"
+
+
+def has_matplotlib() -> bool:
+    """True when matplotlib can be imported (the ``plots`` extra)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _write(out: Path, report: dict[str, Any], figures: list[Callable[[Path], str]]) -> None:
+    """Draw ``figures`` into ``out`` and write report.json last.
+
+    A folder this call created is removed again if anything fails, so an error never
+    leaves an empty or half-written report folder behind.
+    """
+    top = out.absolute()  # the outermost folder this call creates, if any
+    while not top.parent.exists():
+        top = top.parent
+    created = not top.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        report["figures"] = [draw(out) for draw in figures]
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    except BaseException:
+        if created:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 def _plot_coverage(out: Path, y: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str) -> str:

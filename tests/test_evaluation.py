@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,48 @@ def test_matplotlib_not_imported_by_library() -> None:
     code = "import sys, mcdrop.evaluation, mcdrop.repository; print('matplotlib' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_without_matplotlib_the_report_is_written_and_says_how_to_get_plots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # None in sys.modules makes `import matplotlib` fail as it does when it is not installed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "rep"
+    data = MODELS / "toy1d" / "test.csv"
+    assert main([str(MODELS / "toy1d"), str(data), "--out", str(out), "--samples", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "pip install 'mcdrop[plots]'" in err and "Traceback" not in err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["figures"] == [] and "mcdrop[plots]" in rep["figures_skipped"]
+    assert rep["metrics"]["rmse"] < 0.3
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+
+
+def test_a_failed_run_leaves_no_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mcdrop.evaluation as ev
+
+    def broken_plot(out: Path, *args: object) -> str:
+        (out / "reliability.png").write_bytes(b"half")
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(ev, "_plot_reliability", broken_plot)
+    data = MODELS / "digits" / "test.csv"
+    fresh = tmp_path / "fresh" / "rep"
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        ev.evaluate(MODELS / "digits", data, fresh, samples=5)
+    assert not fresh.parent.exists()  # neither the folder nor the parent made for it
+    # a folder that was there before is the user's: kept, without report.json
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(RuntimeError):
+        ev.evaluate(MODELS / "digits", data, mine, samples=5)
+    assert (mine / "notes.txt").read_text() == "keep me" and not (mine / "report.json").exists()
+    # bad data fails before anything is created
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2\n")
+    assert main([str(MODELS / "digits"), str(bad), "--out", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()
