@@ -178,6 +178,98 @@ def test_torch_tensor_inputs_by_duck_typing():
     assert rec.bodies[0]["inputs"] == [[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]
 
 
+def _sent_types(rec: Recorder) -> set[type]:
+    """The Python types of the numbers in the first request's inputs, as JSON decoded them."""
+    return {type(v) for v in np.asarray(rec.bodies[0]["inputs"], dtype=object).ravel()}
+
+
+def _torch_int(dtype_name: str):
+    torch = pytest.importorskip("torch")
+    return torch.arange(6, dtype=getattr(torch, dtype_name)).reshape(2, 3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: [[1, 2, 3], [4, 5, 6]],
+        lambda: ((1, 2, 3), (4, 5, 6)),
+        lambda: np.arange(6, dtype=np.int64).reshape(2, 3),
+        lambda: np.arange(6, dtype=np.int32).reshape(2, 3),
+        lambda: np.arange(6, dtype=np.uint64).reshape(2, 3),
+        lambda: np.arange(6, dtype=np.int64).reshape(3, 2).T,  # not C-contiguous
+        lambda: _torch_int("int64"),
+        lambda: _torch_int("int32"),
+    ],
+    ids=["list", "tuple", "int64", "int32", "uint64", "transposed", "torch-int64", "torch-int32"],
+)
+def test_integer_inputs_are_sent_as_json_integers(make):
+    inputs = make()
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("m", inputs)
+    assert _sent_types(rec) == {int}
+    expected = np.asarray(inputs.numpy() if hasattr(inputs, "numpy") else inputs)
+    np.testing.assert_array_equal(np.asarray(rec.bodies[0]["inputs"]), expected)
+    assert b"." not in rec.requests[0].content.split(b"]")[0]  # no "1.0" anywhere in inputs
+
+
+def test_int64_extremes_are_sent_exactly():
+    big = np.array([[2**63 - 1, -(2**63), 2**53 + 1]], dtype=np.int64)  # not exact as floats
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("m", big)
+        c.predict("m", big.tolist())
+    assert rec.bodies[0]["inputs"] == rec.bodies[1]["inputs"] == big.tolist()
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [[[1.5, 2.0]], [[1, 2.5]], np.ones((1, 2), dtype=np.float32), np.ones((1, 2))],
+    ids=["floats", "mixed", "float32", "float64"],
+)
+def test_float_inputs_stay_floats(inputs):
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("m", inputs)
+    assert _sent_types(rec) == {float}
+
+
+@pytest.mark.parametrize(
+    "inputs, match",
+    [
+        ([[1, True]], "booleans"),
+        ([[0.5, False]], "booleans"),
+        (np.array([[True, False]]), "booleans"),
+        ([[1, 2**63]], "int64 range"),
+        ([[-(2**63) - 1, 0]], "int64 range"),
+        (np.array([[2**64 - 1]], dtype=np.uint64), "int64 maximum"),
+    ],
+    ids=["bool-among-ints", "bool-among-floats", "bool-array", "above", "below", "uint64"],
+)
+def test_integer_inputs_refused_with_a_reason(inputs, match):
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c, pytest.raises(InputError, match=match):
+        c.predict("m", inputs)
+    assert not rec.requests
+
+
+def test_torch_bool_tensor_refused():
+    torch = pytest.importorskip("torch")
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c, pytest.raises(InputError, match="booleans"):
+        c.predict("m", torch.ones(2, 3, dtype=torch.bool))
+    assert not rec.requests
+
+
+def test_answer_statistics_decode_as_float64_even_when_written_as_integers():
+    # A proxy re-encoding the JSON may write 1.0 as 1: statistics are real numbers still.
+    answer = dict(REGRESSION, mean=[[1], [2]], variance=[[0], [0]])
+    with client_for(Recorder(ok(answer))) as c:
+        res = c.predict("m", [[1], [2]])
+    assert res.mean.dtype == res.variance.dtype == np.float64
+    assert isinstance(res.seed, int) and isinstance(res.samples, int)
+
+
 def test_model_names_are_quoted_in_the_path():
     rec = Recorder(ok(REGRESSION))
     with client_for(rec) as c:
@@ -520,8 +612,8 @@ def test_async_connection_refused():
 
 
 def test_client_modules_import_no_torch_and_no_service():
-    """The client may import httpx, numpy, pydantic, the stdlib and mcdrop.{schemas,errors}."""
-    allowed_mcdrop = {"mcdrop.schemas", "mcdrop.errors", "mcdrop._client_core"}
+    """The client may import httpx, numpy, pydantic, the stdlib, mcdrop.{schemas,errors,fields}."""
+    allowed_mcdrop = {"mcdrop.schemas", "mcdrop.errors", "mcdrop.fields", "mcdrop._client_core"}
     root = Path(__file__).resolve().parent.parent / "mcdrop"
     for name in ("client.py", "_client_core.py"):
         tree = ast.parse((root / name).read_text())
@@ -655,5 +747,57 @@ def test_async_client_through_asgi_transport():
                 assert res.task == "classification" and res.probs.shape == (3, 10)
                 with pytest.raises(NotFoundError):
                     await c.predict("nope", x)
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- int64 model
+
+
+@pytest.fixture(scope="module")
+def token_url(tmp_path_factory):
+    service_app("service.app")
+    from _token_repo import make_token_repo, token_server
+
+    with token_server(make_token_repo(tmp_path_factory.mktemp("tokens"))) as url:
+        yield url
+
+
+def test_service_int64_model_from_python(token_url):
+    torch = pytest.importorskip("torch")
+    ids = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.int64)
+    with Client(token_url) as c:
+        assert c.model("tokens").input_dtype == "int64"
+        ref = c.predict("tokens", ids, samples=30, seed=4)
+        assert ref.mean.shape == (3, 1) and ref.mean.dtype == np.float64
+        assert (ref.variance > 0).all()  # dropout on: a model with dropout is never exact
+        # Every integer form of the same ids gives the same seeded numbers.
+        for same in (ids.tolist(), ids.astype(np.int32), ids.astype(np.uint8),
+                     torch.from_numpy(ids)):  # fmt: skip
+            res = c.predict("tokens", same, samples=30, seed=4)
+            np.testing.assert_array_equal(res.mean, ref.mean)
+            np.testing.assert_array_equal(res.variance, ref.variance)
+        # Multi-dimensional int64 input (B, 2, 3).
+        grid = c.predict("grid", ids[:2].repeat(2, axis=0).reshape(2, 2, 3), samples=8, seed=1)
+        assert grid.mean.shape == (2, 1)
+        # Floats to an int64 model: the server's 422, not a silent cast by the client.
+        with pytest.raises(BadRequestError, match="integer"):
+            c.predict("tokens", ids.astype(np.float64))
+        # Integers to a float model are numbers too: the same answer as their float form.
+        a = c.predict("floaty", ids, samples=30, seed=4)
+        b = c.predict("floaty", ids.astype(np.float32), samples=30, seed=4)
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.mean, ref.mean)
+
+
+def test_service_int64_model_from_async_client(token_url):
+    ids = np.array([[1, 2, 3], [0, 0, 9]], dtype=np.int64)
+
+    async def main() -> None:
+        async with AsyncClient(token_url) as c:
+            res = await c.predict("tokens", ids, samples=20, seed=2)
+            again = await c.predict("tokens", ids.tolist(), samples=20, seed=2)
+            assert res.mean.shape == (2, 1) and (res.variance > 0).all()
+            np.testing.assert_array_equal(res.mean, again.mean)
 
     asyncio.run(main())
