@@ -56,6 +56,7 @@ class SiteRecord:
     kind: str  # "element" | "channel" | "alpha" | "feature_alpha"
     shape: tuple[int, ...]
     p: float
+    where: str = ""  # module path of the call, when the context has ``locate`` (audit)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class SamplingContext:
     mask_fn: Callable[[torch.Tensor, int, int, float], torch.Tensor] | None = None
     site: int = 0
     records: list[SiteRecord] = field(default_factory=list)
+    locate: Callable[[], str] | None = None  # names the calling module (audit only)
 
     @property
     def rows(self) -> int:
@@ -189,7 +191,8 @@ def _dispatch(
     site = ctx.site
     ctx.site += 1
     if ctx.mode == "record":
-        ctx.records.append(SiteRecord(kind, tuple(x.shape), float(p)))
+        where = ctx.locate() if ctx.locate is not None else ""
+        ctx.records.append(SiteRecord(kind, tuple(x.shape), float(p), where))
         return x
     if ctx.mode == "free":
         return original(x, p, True, inplace)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcdrop import _gated, _rnn
 from mcdrop._sampling import _FLAG_TRAINING, _TLS, SamplingContext, _install_patches
 from mcdrop.errors import NoDropoutError
 
@@ -175,17 +176,37 @@ class MCState:
     handles: list[Any]
 
 
-def set_mc_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Put ``model`` in MC flags (eval, dropout/attention flagged); return prior flags."""
-    saved = [(m, m.training) for m in model.modules()]
+class MCFlags(list[tuple[nn.Module, bool]]):
+    """Prior ``training`` flags (a list of (module, flag)), plus what else MC mode changed:
+    the probe hooks of training-gated modules and the layer-wise recurrent forwards."""
+
+    handles: list[Any]
+    rnns: list[nn.Module]
+
+
+def set_mc_flags(model: nn.Module) -> MCFlags:
+    """Put ``model`` in MC flags; return what :func:`restore_flags` needs to undo it.
+
+    Eval mode, except: dropout modules, the torch attention/transformer modules, and
+    modules whose own training flag gates only dropout (probed, see ``mcdrop._gated``)
+    are flagged as training; multi-layer RNNs with dropout run layer by layer
+    (``mcdrop._rnn``).
+    """
+    saved = MCFlags((m, m.training) for m in model.modules())
     model.eval()
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd) or isinstance(m, _FLAG_TRAINING):
             m.training = True
+    saved.handles = _gated.flag_gated(model)
+    saved.rnns = _rnn.patch_rnns(model)
     return saved
 
 
 def restore_flags(saved: list[tuple[nn.Module, bool]]) -> None:
+    """Give every module back its prior flag (and undo the rest of :func:`set_mc_flags`)."""
+    for h in getattr(saved, "handles", ()):
+        h.remove()
+    _rnn.unpatch_rnns(getattr(saved, "rnns", []))
     for m, mode in saved:
         m.training = mode
 
