@@ -37,12 +37,13 @@ _LAZY = {
     "disable_mc": "mcdrop.layers",
     "enable_mc": "mcdrop.layers",
     "mc_mode": "mcdrop.layers",
-    "MCPredictor": "mcdrop.predictor",
+    "MCPredictor": "mcdrop.engine.predictor",
     "MCRequest": "mcdrop.prediction",
     "Prediction": "mcdrop.prediction",
 }
 
 if TYPE_CHECKING:
+    from mcdrop.engine.predictor import MCPredictor
     from mcdrop.layers import (
         MCAlphaDropout,
         MCDropout,
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
         mc_mode,
     )
     from mcdrop.prediction import MCRequest, Prediction
-    from mcdrop.predictor import MCPredictor
 
 
 def __getattr__(name: str) -> Any:

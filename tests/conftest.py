@@ -24,9 +24,9 @@ if _THREADS:
 def _chunk_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     budget = os.environ.get("MCDROP_TEST_CHUNK_BYTES")
     if budget:
-        import mcdrop.predictor
+        import mcdrop.engine.runner
 
-        monkeypatch.setattr(mcdrop.predictor, "_CPU_BUDGET", int(budget))
+        monkeypatch.setattr(mcdrop.engine.runner, "CPU_BUDGET_BYTES", int(budget))
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,9 @@
-"""Deterministic-prefix splitting: run the layers before the first dropout once.
+"""The deterministic prefix: run the layers before the first dropout once per call.
 
 For S samples of B rows, everything upstream of the first stochastic op computes the same
 values S times. A split model runs that prefix on the B rows once and expands to S x B
-rows only at the frontier. Two strategies:
+rows only at the frontier. The public option keeps its name, ``split="auto" | "off"``;
+inside the engine the cut model is a :class:`Prefix`. Two strategies:
 
 - ``nn.Sequential``: cut before the first child whose forward runs a dropout (found by a
   recording pass, so functional dropout inside custom children counts too);
@@ -22,15 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from mcdrop import _sampling
 
-__all__ = ["Split", "sequential_split", "fx_split"]
+__all__ = ["Prefix", "sequential_prefix", "fx_prefix"]
 
 
 @dataclass
-class Split:
+class Prefix:
     """``prefix(x) -> tuple of frontier values``; ``suffix(*expanded) -> output``."""
 
     prefix: Callable[..., tuple[Any, ...]]
@@ -38,8 +40,8 @@ class Split:
     strategy: str
 
 
-def sequential_split(model: nn.Sequential, x_probe: torch.Tensor) -> Split | str:
-    """Split a Sequential before the child running the first dropout, or say why not."""
+def sequential_prefix(model: nn.Sequential, x_probe: torch.Tensor) -> Prefix | str:
+    """Cut a Sequential before the child running the first dropout, or say why not."""
     children = list(model)
     entry_site: list[int] = []
     hooks = []
@@ -69,10 +71,10 @@ def sequential_split(model: nn.Sequential, x_probe: torch.Tensor) -> Split | str
         return "the first layer already holds dropout (nothing to run once)"
     prefix = nn.Sequential(*children[:first])
     suffix = nn.Sequential(*children[first:])
-    return Split(lambda x: (prefix(x),), suffix, "sequential")
+    return Prefix(lambda x: (prefix(x),), suffix, "sequential")
 
 
-def _is_stochastic(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _is_stochastic(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         m = modules[str(node.target)]
         return isinstance(m, (nn.modules.dropout._DropoutNd, *_sampling._FLAG_TRAINING))
@@ -86,10 +88,8 @@ def _is_stochastic(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-def fx_split(model: nn.Module) -> Split | str:
-    """Split a model torch.fx can trace at its stochastic frontier, or say why not."""
-    import torch.fx as fx
-
+def fx_prefix(model: nn.Module) -> Prefix | str:
+    """Cut a model torch.fx can trace at its stochastic frontier, or say why not."""
     _sampling._install_patches()
     try:
         gm = fx.symbolic_trace(model)
@@ -144,4 +144,4 @@ def fx_split(model: nn.Module) -> Split | str:
     for part in (prefix_gm, suffix_gm):
         part.graph.eliminate_dead_code()
         part.recompile()
-    return Split(prefix_gm, suffix_gm, "fx")
+    return Prefix(prefix_gm, suffix_gm, "fx")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mcdrop._keyed import (
+from mcdrop.engine.masks import (
     _keep_mask_np,
     _keep_mask_torch,
     hash32,
@@ -80,7 +80,7 @@ def test_numpy_and_torch_mask_paths_give_the_same_bits() -> None:
 
 
 def test_large_masks_take_the_numpy_path_with_the_same_bits() -> None:
-    from mcdrop._keyed import _NUMPY_MIN
+    from mcdrop.engine.masks import _NUMPY_MIN
 
     keys = unit_keys(5, torch.arange(300))
     assert 300 * 500 >= _NUMPY_MIN  # keep_mask dispatches this one to numpy on the CPU

@@ -76,7 +76,8 @@ def test_batched_equals_looped(batch: int, seed: int, chunk: int) -> None:
 
 def test_core_imports_no_http_stack() -> None:
     code = (
-        "import sys, mcdrop, mcdrop.layers, mcdrop.predictor, mcdrop.stats;"
+        "import sys, mcdrop, mcdrop.layers, mcdrop.predictor, mcdrop.engine.predictor,"
+        " mcdrop.fields, mcdrop.stats;"
         "bad = [m for m in ('fastapi', 'pydantic', 'httpx', 'starlette', 'uvicorn', 'service')"
         " if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )

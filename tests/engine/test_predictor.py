@@ -257,7 +257,7 @@ def test_predict_many_in_one_chunk_equals_each_alone(case: str, widths: tuple[in
         for i, b in enumerate(widths)
     ]
     many = pred.predict_many(reqs)
-    assert len(pred.last_chunk_rows) == 1  # one forward chunk held them all
+    assert len(pred.runner.stats.chunk_rows) == 1  # one forward chunk held them all
     for r, m in zip(reqs, many):
         alone = pred.predict(r.inputs, samples=r.samples, seed=r.seed,
                              return_samples=r.return_samples)  # fmt: skip
@@ -533,8 +533,10 @@ def test_out_of_memory_halves_the_chunk_and_still_answers() -> None:
     model.limit = 40
     shrinking = MCPredictor(model, samples=64, max_rows=512)
     out = shrinking.predict(x, seed=2)
-    assert max(shrinking.last_chunk_rows) <= 40 < 512
-    assert shrinking.max_rows is not None and shrinking.max_rows < 512  # remembered
+    assert max(shrinking.runner.stats.chunk_rows) <= 40 < 512
+    fitted = shrinking.runner.fitted_rows
+    assert fitted is not None and fitted < 512  # remembered, by the runner
+    assert shrinking.max_rows == 512  # the user's option is not rewritten
     assert_stats_close_f32(out, ref)  # halved chunks: other GEMM shapes, float32 rounding
     model.limit = 3  # not even one sample of 4 rows fits: the error surfaces
     with pytest.raises(torch.OutOfMemoryError):
