@@ -165,3 +165,84 @@ def test_outside_mc_mode_dropout_is_untouched() -> None:
     assert torch.equal(model(x), model(x))  # eval mode: deterministic again
     y = F.dropout(torch.ones(10), 0.5, training=False)
     assert torch.equal(y, torch.ones(10))
+
+
+# --------------------------------------------------------------------------------------
+# Dropout gated by a non-dropout module's own training flag (issue 15)
+# --------------------------------------------------------------------------------------
+
+
+class Gated(nn.Module):
+    """Attention-like: the dropout p is computed from the module's own flag."""
+
+    def __init__(self, extra: str = "") -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.extra = extra
+        self.register_buffer("count", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = 0.4 if self.training else 0.0
+        h = F.dropout(self.lin(x), p, True)
+        if self.training and self.extra == "noise":  # a random op that is not dropout
+            h = h + 0.1 * torch.randn_like(h)
+        if self.training and self.extra == "buffer":  # a training-only state update
+            self.count += 1
+        if self.training and self.extra == "shift":  # a deterministic behaviour change
+            h = h + 1.0
+        return h
+
+
+def _spread(model: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad(), mc_mode(model):
+        return float(torch.stack([model(x) for _ in range(20)]).var(0).max())
+
+
+def test_gated_dropout_is_sampled_and_decided_once() -> None:
+    from mcdrop import _gated
+
+    model = nn.Sequential(Gated(), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 8)
+    assert _spread(model, x) > 0
+    d = _gated.decision(model[0])
+    assert d is not None and d.sampled
+    assert not model[0].training  # eval flags back after mc_mode
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [("noise", "random op"), ("buffer", "writes buffers"), ("shift", "changes more")],
+)
+def test_gated_flag_with_other_effects_stays_eval(extra: str, why: str) -> None:
+    from mcdrop import _gated
+
+    gated = Gated(extra)
+    model = nn.Sequential(gated, MCDropout(0.2), nn.Linear(8, 2))
+    x = torch.randn(3, 8)
+    with torch.no_grad(), mc_mode(model):
+        model(x)
+    d = _gated.decision(gated)
+    assert d is not None and not d.sampled and why in d.reason
+    assert d.missed_p == pytest.approx(0.4)  # the unsampled dropout is known (audit warns)
+    assert float(gated.count) == 0.0  # the probe undid its buffer write
+    with torch.no_grad():
+        model.eval()
+        ref = model(x)
+        with mc_mode(model):
+            pass
+        assert torch.equal(model(x), ref)
+
+
+def test_probe_leaves_global_rng_and_batchnorm_alone() -> None:
+    model = nn.Sequential(nn.BatchNorm1d(8), Gated(), nn.Linear(8, 2)).eval()
+    stats = model[0].running_mean.clone()
+    from mcdrop import MCPredictor
+
+    MCPredictor(model, samples=8).predict(torch.randn(1, 8), seed=1)  # a batch of one works
+    assert torch.equal(model[0].running_mean, stats)
+    from mcdrop import _gated
+
+    x, noisy = torch.randn(2, 8), Gated("noise")
+    state = torch.get_rng_state()
+    assert not _gated.probe(noisy, (x,), {}).sampled
+    assert torch.equal(torch.get_rng_state(), state)  # the probe's random draws are undone
