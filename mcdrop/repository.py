@@ -52,11 +52,12 @@ import re
 import shutil
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -65,7 +66,7 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from mcdrop.errors import ManifestError, McdropError, WeightsError
+from mcdrop.errors import InvalidInputError, ManifestError, McdropError, WeightsError
 from mcdrop.predictor import MCPredictor
 
 __all__ = [
@@ -123,7 +124,11 @@ class Manifest:
     factory : str
         Name of the function in ``model.py`` that builds the module.
     config : dict
-        Keyword arguments of the factory.
+        Keyword arguments of the factory; for ``format = "transformers"`` the checked
+        ``[model]`` table (:func:`mcdrop.hf_format.check_model_table`).
+    format : str
+        "pytorch" (``model.py`` + ``weights.safetensors``) or "transformers" (a
+        ``save_pretrained`` folder, see :mod:`mcdrop.hf_format`).
     """
 
     name: str
@@ -140,6 +145,7 @@ class Manifest:
     tau: float | None = None
     factory: str = "build"
     config: dict[str, Any] = field(default_factory=dict, hash=False)
+    format: str = "pytorch"
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as nested plain data, in the layout of ``model.toml``."""
@@ -150,15 +156,18 @@ class Manifest:
         }
         if self.tau is not None:
             sampling["tau"] = self.tau
+        model: dict[str, Any] = {"factory": self.factory, "config": dict(self.config)}
+        head = {"name": self.name, "version": self.version, "task": self.task}
+        if self.format != "pytorch":
+            head["format"] = self.format
+            model = dict(self.config)
         return {
-            "name": self.name,
-            "version": self.version,
-            "task": self.task,
+            **head,
             "description": self.description,
             "input": {"shape": list(self.input_shape), "dtype": self.input_dtype},
             "output": {"shape": list(self.output_shape), "names": list(self.output_names)},
             "sampling": sampling,
-            "model": {"factory": self.factory, "config": dict(self.config)},
+            "model": model,
         }
 
 
@@ -193,6 +202,25 @@ class LoadedModel:
                     **options,
                 )
             return self._predictor
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether raw text is accepted (a transformers folder with tokenizer files)."""
+        return bool(getattr(self.module, "has_tokenizer", False))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Raw texts as int64 model inputs (``input_ids``, ``attention_mask``), (B, L) each.
+
+        Raises
+        ------
+        InvalidInputError
+            The model takes no text (see :attr:`takes_text`) or ``texts`` are not strings.
+        """
+        if not self.takes_text:
+            raise InvalidInputError(
+                f"model '{self.manifest.name}' takes no text: send token ids or numbers"
+            )
+        return self.module.tokenize(texts)  # type: ignore[operator,no-any-return]
 
 
 @dataclass
@@ -275,7 +303,8 @@ def _manifest_from_dict(data: Any, src: str) -> Manifest:
     """Validate parsed ``model.toml`` content and build a :class:`Manifest`."""
     top = _Fields(src, "", data)
     top.check_keys(
-        {"name", "version", "task", "description", "input", "output", "sampling", "model"}
+        {"name", "version", "task", "format", "description", "input", "output", "sampling"}
+        | {"model"}
     )
     name = top.string("name")
     if not _NAME_RE.match(name):
@@ -340,14 +369,23 @@ def _manifest_from_dict(data: Any, src: str) -> Manifest:
             raise samp.fail("tau", "is only meaningful for task = 'regression'")
         tau = float(tau)
 
-    mod = _Fields(src, "model", data.get("model", {}))
-    mod.check_keys({"factory", "config"})
-    factory = mod.string("factory", default="build")
-    if not factory.isidentifier():
-        raise mod.fail("factory", f"must be a Python function name, got {factory!r}")
-    config = mod.data.get("config", {})
-    if not isinstance(config, dict):
-        raise mod.fail("config", f"must be a table of keyword arguments, got {_show(config)}")
+    fmt = top.string("format", default="pytorch")
+    factory = "build"
+    if fmt == "transformers":  # a save_pretrained folder: its own [model] table
+        from mcdrop.hf_format import check_model_table
+
+        config: Any = check_model_table(data.get("model", {}), src)
+    elif fmt == "pytorch":
+        mod = _Fields(src, "model", data.get("model", {}))
+        mod.check_keys({"factory", "config"})
+        factory = mod.string("factory", default="build")
+        if not factory.isidentifier():
+            raise mod.fail("factory", f"must be a Python function name, got {factory!r}")
+        config = mod.data.get("config", {})
+        if not isinstance(config, dict):
+            raise mod.fail("config", f"must be a table of keyword arguments, got {_show(config)}")
+    else:
+        raise top.fail("format", f"must be 'pytorch' or 'transformers', got {fmt!r}")
 
     return Manifest(
         name=name,
@@ -364,6 +402,7 @@ def _manifest_from_dict(data: Any, src: str) -> Manifest:
         tau=tau,
         factory=factory,
         config=dict(config),
+        format=fmt,
     )
 
 
@@ -516,8 +555,15 @@ def load_model(folder: str | Path) -> LoadedModel:
     if not path.is_dir():
         raise ManifestError(f"{path}: not a model folder (no such directory)")
     manifest = load_manifest(path)
-    module = _build(path, manifest)
-    _load_weights(path, module)
+    if manifest.format == "transformers":
+        from mcdrop.hf_format import load_transformers
+
+        module: nn.Module = load_transformers(
+            path, manifest.config, manifest.input_shape, manifest.input_dtype
+        )
+    else:
+        module = _build(path, manifest)
+        _load_weights(path, module)
     _dry_forward(path, manifest, module)
     module.eval()
     return LoadedModel(manifest=manifest, path=path, module=module)
