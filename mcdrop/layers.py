@@ -17,16 +17,28 @@ and transformer modules flagged as training (only so that they leave their fused
 path and pass their dropout probability down; they have no other training behaviour), and
 a sampling context around each forward call.
 
+Dropout gated by another module's flag
+--------------------------------------
+Hugging Face attention (``dropout = 0.0 if not self.training else p``), timm's fused
+attention and similar modules compute p from their own ``training`` flag. Modules whose
+``forward`` reads ``self.training`` are probed once, on their first call in MC mode
+(:mod:`mcdrop._gated`): their flag is set only if turning it on changes nothing but the
+dropout probability reaching the patched functions (no other random op, no buffer write,
+the same output with dropout as identity). Multi-layer ``nn.LSTM``/``nn.GRU``/``nn.RNN``
+with ``dropout > 0`` run layer by layer with keyed dropout between (:mod:`mcdrop._rnn`).
+
 What stays in eval mode
 -----------------------
 Everything that is not dropout: BatchNorm/InstanceNorm use their running statistics and
-never update them, RReLU uses its fixed slope, and custom layers that check
-``self.training`` for reasons other than calling a dropout function see ``False``. MC mode
-samples dropout and nothing else. Dropout that is skipped by a custom ``if self.training:``
-branch, or called through a name imported before mcdrop was (``from torch.nn.functional
-import dropout``), cannot be seen; if no dropout at all runs, :class:`NoDropoutError` says
-so instead of returning a silent zero variance. Inter-layer dropout of ``nn.LSTM``/``nn.GRU``
-runs inside a fused kernel and is not sampled.
+never update them, RReLU uses its fixed slope, and modules whose flag does more than
+switch on dropout (stochastic depth / drop path, router jitter, layer drop, gradient
+checkpointing) see ``False``. Drop path is a different approximation: replace such modules
+by :class:`MCDropPath` to sample it (opt-in). Not reachable: a flag read outside
+``forward``, dropout called through a name imported before mcdrop was (``from
+torch.nn.functional import dropout``), and ``PackedSequence`` inputs to recurrent modules
+(warned). :func:`mcdrop.inspect` lists every dropout site and what is left unsampled; if
+no dropout at all runs, :class:`NoDropoutError` says so instead of returning a silent zero
+variance.
 """
 
 from __future__ import annotations
@@ -56,6 +68,8 @@ __all__ = [
     "disable_mc",
     "MCState",
     "convert_dropout",
+    "MCDropPath",
+    "convert_drop_path",
 ]
 
 
@@ -135,6 +149,49 @@ class MCAlphaDropout(nn.AlphaDropout):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.alpha_dropout(input, self.p, self.training or self.always, self.inplace)
+
+
+class MCDropPath(nn.modules.dropout._DropoutNd):
+    """Stochastic depth ("drop path") that MC mode samples: opt-in, see :func:`convert_drop_path`.
+
+    Each row's residual branch is zeroed with probability ``p`` (kept rows are scaled by
+    ``1 / (1 - p)`` when ``scale_by_keep``), as timm's ``DropPath``. Sampling it is a
+    different approximation from unit dropout (whole branches of the network are dropped),
+    so MC mode leaves other drop-path modules deterministic unless they are converted.
+
+    Shapes: input (N, *), output (N, *); one Bernoulli per row (keyed like any dropout).
+    """
+
+    def __init__(self, p: float = 0.1, scale_by_keep: bool = True) -> None:
+        super().__init__(p)
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or input.dim() == 0:
+            return input
+        ones = input.new_ones(input.shape[0], *([1] * (input.dim() - 1)))  # (N, 1, ...)
+        keep = F.dropout(ones, self.p, self.training)  # routed through MC contexts
+        if not self.scale_by_keep:
+            keep = keep * (1.0 - self.p)
+        return input * keep
+
+
+def convert_drop_path(model: nn.Module) -> nn.Module:
+    """Opt in to sampling stochastic depth: replace drop-path modules by :class:`MCDropPath`.
+
+    A drop-path module is recognised by its float ``drop_prob`` attribute and having no
+    parameters or children (timm's ``DropPath`` and the ``*DropPath`` classes of
+    transformers). Returns the model, changed in place.
+    """
+    for name, child in list(model.named_children()):
+        p = getattr(child, "drop_prob", None)
+        leaf = not list(child.children()) and not list(child.parameters(recurse=False))
+        if isinstance(p, float) and leaf and not isinstance(child, MCDropPath):
+            keep = bool(getattr(child, "scale_by_keep", True))
+            setattr(model, name, MCDropPath(p, keep))
+        else:
+            convert_drop_path(child)
+    return model
 
 
 _CONVERT: dict[type[nn.Module], type[nn.Module]] = {

@@ -226,6 +226,18 @@ def test_drop_path_stays_off_by_default() -> None:
     assert torch.equal(a.mean, b.mean) and torch.equal(a.variance, b.variance)
 
 
+def test_drop_path_opt_in_matches_train_mode() -> None:
+    from mcdrop.layers import MCDropPath, convert_drop_path
+
+    model, x = Block(drop_path=0.5).eval(), torch.randn(2, 6, 16)
+    ref = train_draws(model, x)  # timm-style DropPath and attention dropout, torch's RNG
+    convert_drop_path(model)
+    assert isinstance(model.drop_path, MCDropPath)
+    out = MCPredictor(model, samples=S).predict(x, seed=3, return_samples=True)
+    assert out.draws is not None
+    assert_variance_matches(out.draws, ref)
+
+
 class Recurrent(nn.Module):
     def __init__(self, cell: type[nn.RNNBase], batch_first: bool) -> None:
         super().__init__()
