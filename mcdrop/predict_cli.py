@@ -8,10 +8,14 @@
 
 Input files: ``.json`` (a list of rows, or a request body ``{"inputs": [...]}``), ``.npy``
 (any numeric dtype) or ``.csv`` (comma-separated numbers, one row per line; a first line that
-is not numeric is taken as a header). The table shows ``mean ± std`` per output for
-regression and the predicted class, its probability, the predictive entropy and the mutual
-information for classifiers; ``--json`` prints the server's JSON answer instead, ``--output``
-writes it to a file.
+is not numeric is taken as a header). JSON integers and integer ``.npy`` arrays are sent as
+integers (token ids for an ``int64`` model), floats as floats. A CSV row holds one input
+flattened, ``prod(input_shape)`` values, as ``mcdrop evaluate`` reads it: it is reshaped to
+the model's input shape, and for an ``int64`` model its values must be whole numbers.
+
+The table shows ``mean ± std`` per output for regression and the predicted class, its
+probability, the predictive entropy and the mutual information for classifiers; ``--json``
+prints the server's JSON answer instead, ``--output`` writes it to a file.
 
 Exit status: 0 on success, 2 for a bad command line or an unusable input file, 1 when the
 request fails (server unreachable, error answer). Errors are one line on stderr.
@@ -22,7 +26,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from mcdrop._client_core import as_array
 from mcdrop.client import Client, ClientError, InputError, ModelInfo, PredictResult
 
 __all__ = ["main", "load_inputs", "format_table"]
@@ -43,13 +50,29 @@ class InputFileError(Exception):
     """An input file that is missing or cannot be read as rows of numbers."""
 
 
-def load_inputs(path: str | Path) -> np.ndarray:
+def load_inputs(
+    path: str | Path,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: str | None = None,
+) -> np.ndarray:
     """Rows of numbers from a ``.json``, ``.npy`` or ``.csv`` file, as an array (B, *F).
+
+    Parameters
+    ----------
+    path : path
+        The file.
+    input_shape, input_dtype : optional
+        The model's (``GET /v1/models/{name}``). They shape CSV rows only, whose text has
+        neither: each row, ``prod(input_shape)`` values, becomes (*input_shape), int64 for
+        an ``int64`` model (whole numbers required) and float64 otherwise. Without them a
+        CSV row stays flat, int64 when every cell is an integer. ``.npy`` and ``.json``
+        keep their own shape and dtype (JSON integers as int64).
 
     Raises
     ------
     InputFileError
-        Missing or unreadable file, unknown extension, non-numeric content.
+        Missing or unreadable file, unknown extension, non-numeric content, CSV rows that
+        do not fit the model's input.
     """
     path = Path(path)
     if not path.is_file():
@@ -61,7 +84,7 @@ def load_inputs(path: str | Path) -> np.ndarray:
         elif suffix == ".json":
             arr = _load_json(path)
         elif suffix == ".csv":
-            arr = _load_csv(path)
+            arr = _fit_model(_load_csv(path), path, input_shape, input_dtype)
         else:
             raise InputFileError(
                 f"cannot read {path.name!r}: the input must be a .json, .npy or .csv file"
@@ -84,11 +107,19 @@ def _load_json(path: Path) -> np.ndarray:
             raise InputFileError(f"{path.name!r}: a JSON object must have an 'inputs' key")
         data = data["inputs"]
     try:
-        return np.asarray(data, dtype=np.float64)
+        floats = np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputFileError(
             f"{path.name!r}: expected a list of rows of numbers, all of the same length"
         ) from exc
+    if floats.ndim == 0 or floats.size == 0 or not np.isfinite(floats).all():
+        return floats  # load_inputs names the missing rows, the client the non-finite ones
+    # The client's own encoding: integers stay int64, bools and ints beyond int64 are
+    # refused (as floats they would pass, rounded).
+    try:
+        return as_array(data)
+    except InputError as exc:
+        raise InputFileError(f"{path.name!r}: {exc}") from exc
 
 
 def _load_csv(path: Path) -> np.ndarray:
@@ -97,9 +128,12 @@ def _load_csv(path: Path) -> np.ndarray:
     if lines and not _numeric(lines[0]):
         lines = lines[1:]  # a header
     rows: list[list[float]] = []
+    integers = True
     for lineno, r in enumerate(lines, start=1):
+        cells = [c.strip() for c in r]
+        integers = integers and all(_INT_RE.match(c) for c in cells)
         try:
-            rows.append([float(c) if c.strip() else float("nan") for c in r])
+            rows.append([float(c) if c else float("nan") for c in cells])
         except ValueError as exc:
             raise InputFileError(f"{path.name!r}: data row {lineno}: {exc}") from exc
     if not rows:
@@ -109,7 +143,42 @@ def _load_csv(path: Path) -> np.ndarray:
         raise InputFileError(
             f"{path.name!r}: rows have different numbers of columns {sorted(widths)}"
         )
+    if integers:  # every cell an integer literal: token ids, exactly (no float rounding)
+        try:
+            return np.asarray([[int(c) for c in r] for r in lines], dtype=np.int64)
+        except OverflowError as exc:
+            raise InputFileError(f"{path.name!r}: an integer is outside the int64 range") from exc
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def _fit_model(
+    table: np.ndarray, path: Path, shape: Sequence[int] | None, dtype: str | None
+) -> np.ndarray:
+    """CSV rows (B, F) as the model's inputs (B, *shape) and dtype, as `mcdrop evaluate`."""
+    if shape is not None:
+        n_in = math.prod(shape)
+        if table.shape[1] != n_in:
+            raise InputFileError(
+                f"{path.name!r}: rows have {table.shape[1]} values but the model takes "
+                f"{n_in} per row (input shape {list(shape)}, flattened)"
+            )
+        table = table.reshape(-1, *shape)
+    if dtype is None:
+        return table
+    if dtype.startswith("int"):
+        if table.dtype.kind == "f":
+            if not np.all(np.isfinite(table) & (table == np.round(table))):
+                raise InputFileError(
+                    f"{path.name!r}: the model takes integer inputs ({dtype}); the file "
+                    "holds values that are not whole numbers"
+                )
+            # CSV text has no dtype: "3.0" read for an int64 model is the integer 3
+            table = table.astype(np.int64)
+        return table
+    return table.astype(np.float64, copy=False)
 
 
 def _numeric(row: list[str]) -> bool:
@@ -208,14 +277,25 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
     """Run ``mcdrop predict``; returns the exit status (``transport`` is for tests)."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
+    csv_input = Path(args.input).suffix.lower() == ".csv"
+    try:  # read and checked before connecting: a bad file fails without a request
         x = load_inputs(args.input)
+        as_array(x)
     except InputFileError as exc:
         return _fail(str(exc), 2)
+    except InputError as exc:
+        return _fail(f"{args.input}: {exc}", 2)
     try:
         with Client(args.url, api_key=args.api_key, timeout=args.timeout, transport=transport) as c:
+            # The model's description shapes CSV rows (first), and labels the table.
+            info = _model_info(c, args.model) if csv_input else None
+            if info is not None:
+                x = _fit_model(x, Path(args.input), info.input_shape, info.input_dtype)
             res = c.predict(args.model, x, samples=args.samples, seed=args.seed)
-            info = None if args.json else _model_info(c, args.model)
+            if info is None and not args.json:
+                info = _model_info(c, args.model)
+    except InputFileError as exc:
+        return _fail(str(exc), 2)
     except InputError as exc:  # the file's content, checked before sending
         return _fail(f"{args.input}: {exc}", 2)
     except ClientError as exc:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import torch
 
 from mcdrop.repository import Manifest, save_model
@@ -66,10 +65,8 @@ def make_token_repo(root: Path) -> Path:
 
 @contextmanager
 def token_server(repo: Path) -> Iterator[str]:
-    """A live server (tests/_live_server.py) on ``repo`` instead of ``models/``."""
-    import _live_server
+    """A live server (tests/helpers/live_server.py) on ``repo`` instead of ``models/``."""
+    from helpers.live_server import live_server
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_live_server, "MODELS_DIR", repo)
-        with _live_server.live_server() as url:
-            yield url
+    with live_server(models_dir=repo) as url:
+        yield url

@@ -639,7 +639,7 @@ service_app = pytest.importorskip  # the service is optional for the client
 @pytest.fixture(scope="module")
 def server_url():
     service_app("service.app")
-    from _live_server import live_server
+    from helpers.live_server import live_server
 
     with live_server() as url:
         yield url
@@ -648,7 +648,7 @@ def server_url():
 @pytest.fixture(scope="module")
 def secured_url():
     service_app("service.app")
-    from _live_server import live_server
+    from helpers.live_server import live_server
 
     with live_server(api_key="letmein") as url:
         yield url
@@ -729,7 +729,7 @@ def test_service_authentication(secured_url):
 
 def test_async_client_through_asgi_transport():
     service_app("service.app")
-    from _live_server import MODELS_DIR
+    from helpers.live_server import MODELS_DIR
 
     from service.app import create_app
     from service.settings import Settings

@@ -18,7 +18,7 @@ pytest.importorskip("service.app")
 
 @pytest.fixture(scope="module")
 def url():
-    from _live_server import live_server
+    from helpers.live_server import live_server
 
     with live_server() as u:
         yield u
@@ -202,3 +202,87 @@ def test_load_inputs_keeps_npy_shape_and_dtype(tmp_path):
     np.save(path, np.ones((2, 1, 3), dtype=np.int32))
     arr = load_inputs(path)
     assert arr.shape == (2, 1, 3) and arr.dtype == np.int32
+
+
+def test_load_inputs_keeps_json_integers_and_reads_csv_integers(tmp_path):
+    js = tmp_path / "ids.json"
+    js.write_text(json.dumps({"inputs": [[1, 2, 3], [4, 5, 6]]}))
+    assert load_inputs(js).dtype == np.int64
+    js.write_text(json.dumps([[1, 2.5, 3]]))
+    assert load_inputs(js).dtype == np.float64
+    js.write_text(json.dumps([[1, True, 3]]))
+    with pytest.raises(Exception, match="booleans"):
+        load_inputs(js)
+    csv_path = tmp_path / "ids.csv"
+    csv_path.write_text("a,b,c,d,e,f\n1,2,3,4,5,6\n-7,8,9,0,1,2\n")
+    flat = load_inputs(csv_path)
+    assert flat.dtype == np.int64 and flat.tolist() == [[1, 2, 3, 4, 5, 6], [-7, 8, 9, 0, 1, 2]]
+    shaped = load_inputs(csv_path, (2, 3), "int64")
+    assert shaped.shape == (2, 2, 3) and shaped.dtype == np.int64
+    np.testing.assert_array_equal(shaped.reshape(2, 6), flat)
+    assert load_inputs(csv_path, (6,), "float32").dtype == np.float64
+
+
+# ----------------------------------------------------------------------------- int64 models
+
+
+@pytest.fixture(scope="module")
+def token_url(tmp_path_factory):
+    from _token_repo import make_token_repo, token_server
+
+    with token_server(make_token_repo(tmp_path_factory.mktemp("tokens"))) as u:
+        yield u
+
+
+def _answer(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_int64_model_from_every_format(token_url, tmp_path, capsys):
+    ids = np.array([[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [0, 1, 2]]], dtype=np.int64)  # (B, 2, 3)
+    files = {
+        "npy": tmp_path / "ids.npy",
+        "json": tmp_path / "ids.json",
+        "csv": tmp_path / "ids.csv",  # one flattened input per row, as mcdrop evaluate reads
+        "csv-floats": tmp_path / "ids-floats.csv",  # "1.0" for an int64 model is the id 1
+    }
+    np.save(files["npy"], ids)
+    files["json"].write_text(json.dumps(ids.tolist()))
+    files["csv"].write_text("\n".join(",".join(map(str, r)) for r in ids.reshape(2, 6)) + "\n")
+    files["csv-floats"].write_text(
+        "\n".join(",".join(f"{v:.1f}" for v in r) for r in ids.reshape(2, 6)) + "\n"
+    )
+    answers = []
+    for path in files.values():
+        argv = ["--url", token_url, "--model", "grid", "--input", str(path)]
+        assert main([*argv, "--samples", "25", "--seed", "9", "--json"]) == 0, path
+        answers.append(_answer(capsys))
+    assert all(a["mean"] == answers[0]["mean"] for a in answers)
+    assert np.asarray(answers[0]["mean"]).shape == (2, 1)
+    assert all(v[0] > 0 for v in answers[0]["variance"])
+    # The table works for an int64 model too.
+    assert main(["--url", token_url, "--model", "grid", "--input", str(files["csv"])]) == 0
+    assert capsys.readouterr().out.startswith("model grid")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("1,2,3,4,5\n", "model takes 6 per row"),
+        ("1,2,3,4,5,6.5\n", "not whole numbers"),
+        ("1,2,3,4,5,\n", "NaN or infinite values in row(s) 0"),
+    ],
+    ids=["width", "fraction", "empty-cell"],
+)
+def test_csv_that_does_not_fit_the_model_exits_2(token_url, tmp_path, capsys, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    assert main(["--url", token_url, "--model", "grid", "--input", str(path)]) == 2
+    assert match in _one_line_error(capsys)
+
+
+def test_float_ids_to_an_int64_model_exit_1_with_the_servers_reason(token_url, tmp_path, capsys):
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((1, 3)))  # a float array keeps its dtype: the server refuses it
+    assert main(["--url", token_url, "--model", "tokens", "--input", str(path)]) == 1
+    assert "integer" in _one_line_error(capsys)
