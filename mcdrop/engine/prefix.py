@@ -88,18 +88,10 @@ def _is_stochastic(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-def fx_prefix(model: nn.Module) -> Prefix | str:
-    """Cut a model torch.fx can trace at its stochastic frontier, or say why not."""
-    _sampling._install_patches()
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # tracing fails on data-dependent control flow and more
-        return f"torch.fx could not trace the model ({type(exc).__name__}: {exc})"
-    modules = dict(gm.named_modules())
-    nodes = list(gm.graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        return "the model's forward takes more than one input"
+def _stochastic_and_input_nodes(
+    nodes: list[fx.Node], modules: dict[str, nn.Module], placeholders: list[fx.Node]
+) -> tuple[set[fx.Node], set[fx.Node]]:
+    """(nodes at or downstream of a dropout, nodes that depend on the input)."""
     stoch: set[fx.Node] = set()
     input_dep: set[fx.Node] = set(placeholders)
     for n in nodes:
@@ -110,19 +102,29 @@ def fx_prefix(model: nn.Module) -> Prefix | str:
             input_dep.add(n)
         if _is_stochastic(n, modules) or any(i in stoch for i in ins):
             stoch.add(n)
-    if not stoch:
-        return "no dropout node in the traced graph"
+    return stoch, input_dep
+
+
+def _frontier(nodes: list[fx.Node], stoch: set[fx.Node], input_dep: set[fx.Node]) -> list[fx.Node]:
+    """The deterministic, input-dependent values that stochastic nodes (or the output) read."""
     output = next(n for n in nodes if n.op == "output")
-    consumers = [n for n in nodes if n in stoch] + [output]
     frontier: list[fx.Node] = []
-    for c in consumers:
+    for c in [n for n in nodes if n in stoch] + [output]:
         for i in c.all_input_nodes:
             if i in input_dep and i not in stoch and i not in frontier:
                 frontier.append(i)
-    first = next(n for n in nodes if n in stoch)
-    if frontier == placeholders and all(i in placeholders for i in first.all_input_nodes):
-        return "the first dropout acts on the input (nothing to run once)"
+    return frontier
 
+
+def _cut(
+    gm: fx.GraphModule,
+    nodes: list[fx.Node],
+    stoch: set[fx.Node],
+    input_dep: set[fx.Node],
+    frontier: list[fx.Node],
+) -> Prefix:
+    """The prefix graph (everything not stochastic, returning the frontier) and the suffix
+    graph (frontier placeholders, then the stochastic and input-free nodes)."""
     pre = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for n in nodes:
@@ -145,3 +147,25 @@ def fx_prefix(model: nn.Module) -> Prefix | str:
         part.graph.eliminate_dead_code()
         part.recompile()
     return Prefix(prefix_gm, suffix_gm, "fx")
+
+
+def fx_prefix(model: nn.Module) -> Prefix | str:
+    """Cut a model torch.fx can trace at its stochastic frontier, or say why not."""
+    _sampling._install_patches()
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # tracing fails on data-dependent control flow and more
+        return f"torch.fx could not trace the model ({type(exc).__name__}: {exc})"
+    modules = dict(gm.named_modules())
+    nodes = list(gm.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return "the model's forward takes more than one input"
+    stoch, input_dep = _stochastic_and_input_nodes(nodes, modules, placeholders)
+    if not stoch:
+        return "no dropout node in the traced graph"
+    frontier = _frontier(nodes, stoch, input_dep)
+    first = next(n for n in nodes if n in stoch)
+    if frontier == placeholders and all(i in placeholders for i in first.all_input_nodes):
+        return "the first dropout acts on the input (nothing to run once)"
+    return _cut(gm, nodes, stoch, input_dep, frontier)
