@@ -37,12 +37,14 @@ _LAZY = {
     "disable_mc": "mcdrop.layers",
     "enable_mc": "mcdrop.layers",
     "mc_mode": "mcdrop.layers",
+    "inspect": "mcdrop.audit",
     "MCPredictor": "mcdrop.engine.predictor",
     "MCRequest": "mcdrop.prediction",
     "Prediction": "mcdrop.prediction",
 }
 
 if TYPE_CHECKING:
+    from mcdrop.audit import inspect
     from mcdrop.engine.predictor import MCPredictor
     from mcdrop.layers import (
         MCAlphaDropout,
@@ -87,6 +89,7 @@ __all__ = [
     "disable_mc",
     "MCState",
     "convert_dropout",
+    "inspect",
     "MCPredictor",
     "MCRequest",
     "Prediction",

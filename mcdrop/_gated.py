@@ -208,9 +208,13 @@ def probe(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GateDe
                 if n in written:
                     b.copy_(buffers[n])
     missed = max(0.0, p_b - p_a)
+    random_op = any(not torch.equal(x, y) for x, y in zip(before, after))
+    if missed == 0.0 and random_op:
+        why = "its flag switches on a random op that is not dropout (stochastic depth?)"
+        return GateDecision(False, why)
     if missed == 0.0:
         return GateDecision(False, "its training flag switches on no dropout")
-    if any(not torch.equal(x, y) for x, y in zip(before, after)):
+    if random_op:
         why = "the flag also runs another random op (stochastic depth, noise, layer drop)"
         return GateDecision(False, why, missed)
     if written:

@@ -32,6 +32,12 @@ def _evaluate(argv: Sequence[str]) -> int:
     return evaluate_main(list(argv))
 
 
+def _inspect(argv: Sequence[str]) -> int:
+    from mcdrop.inspect_cli import main as inspect_main
+
+    return inspect_main(list(argv))
+
+
 def _bench(argv: Sequence[str]) -> int:
     from mcdrop.bench import main as bench_main
 
@@ -43,6 +49,7 @@ COMMANDS = {
     "predict": (_predict, "send inputs from a file to a running server and print the answer"),
     "evaluate": (_evaluate, "score a repository model on a data file and write a report"),
     "bench": (_bench, "time the MC engine against the naive loop and input replication"),
+    "inspect": (_inspect, "list every dropout site of repository models, sampled or not"),
 }
 
 
