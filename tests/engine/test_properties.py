@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 from helpers.tolerance import assert_close_f32, value_scale
 from hypothesis import given, settings
@@ -60,6 +61,7 @@ def test_summaries_are_well_formed(
         assert ((out.variation_ratio >= 0) & (out.variation_ratio <= 1)).all()
 
 
+@pytest.mark.slow  # 15 examples of two predictors each
 @settings(max_examples=15, deadline=None)
 @given(batch=st.integers(2, 6), seed=st.integers(0, 2**62), chunk=st.integers(1, 30))
 def test_batched_equals_looped(batch: int, seed: int, chunk: int) -> None:
@@ -74,6 +76,7 @@ def test_batched_equals_looped(batch: int, seed: int, chunk: int) -> None:
     assert_close_f32(batched.mean, looped, scale=value_scale(batched.mean, batched.variance))
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_core_imports_no_http_stack() -> None:
     code = (
         "import sys, mcdrop, mcdrop.layers, mcdrop.predictor, mcdrop.engine.predictor,"
@@ -85,6 +88,7 @@ def test_core_imports_no_http_stack() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_client_and_schemas_import_without_torch() -> None:
     code = (
         "import sys, mcdrop, mcdrop.client, mcdrop.schemas;"
