@@ -20,35 +20,33 @@ from mcdrop.fields import check_samples
 __all__ = ["Task", "Precision", "SplitMode", "EngineConfig"]
 
 
-class Task(str, Enum):
+class _Choice(str, Enum):
+    """A string enum whose members print as their value (``f"{Task.REGRESSION}"``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Task(_Choice):
     """What the model predicts: regression outputs or classification logits."""
 
     REGRESSION = "regression"
     CLASSIFICATION = "classification"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Precision(str, Enum):
+class Precision(_Choice):
     """Autocast precision of the forward passes (statistics are always float64)."""
 
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class SplitMode(str, Enum):
+class SplitMode(_Choice):
     """Whether to run the deterministic prefix once per call ("auto") or never ("off")."""
 
     AUTO = "auto"
     OFF = "off"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _E = TypeVar("_E", bound=Enum)
