@@ -1,4 +1,9 @@
-"""The app factory: ``create_app(settings)``."""
+"""The app factory: ``create_app(settings, *, plane=None, metrics=None)``.
+
+The app is the data plane behind thin routes, wrapped in the service's middleware, with
+``/docs`` and ``/redoc`` served from assets that ship with the package (fastapi-offline),
+so the API pages work without internet access.
+"""
 
 from __future__ import annotations
 
@@ -14,25 +19,36 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 import mcdrop
 from mcdrop.errors import McdropError
-from service import routes_v1, routes_v2
+from service import page, routes_v1, routes_v2
+from service.body import describe_error
 from service.direct import DirectRoutes
 from service.errors import ServiceError, Unprocessable, error_response, from_http_status
 from service.metrics import ServiceMetrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
-from service.runtime import DataPlane, describe_error
+from service.plane import DataPlane
 from service.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "DOCS_STATIC_URL", "BEARER_SCHEME"]
 
 log = logging.getLogger("mcdrop.service")
 
+DOCS_STATIC_URL = "/static-offline-docs"  # Swagger UI and ReDoc assets (fastapi-offline)
+BEARER_SCHEME = "bearer"
+_PROTECTED = ("/v1/models", "/v2/models")  # the routes require_api_key guards
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    plane: DataPlane | None = None,
+    metrics: ServiceMetrics | None = None,
+) -> FastAPI:
     """Build the FastAPI app.
 
     Models load (and warm up) in the lifespan startup, off the event loop; the server
@@ -43,14 +59,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ----------
     settings : Settings, optional
         Default: :meth:`Settings.from_env`.
+    plane : DataPlane, optional
+        The data plane to serve (another front end may share it); default: a new one
+        over ``settings`` and ``metrics``, loaded in the lifespan startup.
+    metrics : ServiceMetrics, optional
+        Default: the plane's, or a new registry of this app's own.
     """
     settings = settings if settings is not None else Settings.from_env()
-    metrics = ServiceMetrics()
-    plane = DataPlane(settings, metrics)
+    if metrics is None:
+        metrics = plane.metrics if plane is not None else ServiceMetrics()
+    plane = plane if plane is not None else DataPlane(settings, metrics)
+    app = FastAPIOffline(
+        title="mcdrop",
+        version=mcdrop.__version__,
+        description="Monte Carlo dropout uncertainty over HTTP (v1 JSON API and the "
+        "Open Inference Protocol v2).",
+        lifespan=_lifespan(settings, plane, metrics),
+        static_url=DOCS_STATIC_URL,
+    )
+    app.state.settings = settings
+    app.state.plane = plane
+    app.state.metrics = metrics
+    app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
+    app.include_router(page.router)
+    _install_error_handlers(app)
+    if settings.api_key is not None:
+        _document_bearer_auth(app)
+    # Added innermost first: the access log sees every response, the 413s included.
+    # The prediction routes (their routers are included without a prefix, so their
+    # paths are the served ones; tests/service check them against the OpenAPI paths).
+    direct = [r for r in (*routes_v1.hot.routes, *routes_v2.hot.routes) if isinstance(r, APIRoute)]
+    app.add_middleware(DirectRoutes, routes=direct)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    return app
 
+
+def _lifespan(settings: Settings, plane: DataPlane, metrics: ServiceMetrics) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(plane.load)
+        if not plane.loaded:
+            await asyncio.to_thread(plane.load)
         log.info(
             "mcdrop ready: %d model(s) from %s, %d failed",
             len(plane.models), settings.models_dir, len(plane.failures),
@@ -68,35 +125,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await asyncio.to_thread(plane.stop, settings.drain_seconds)
             sys.setswitchinterval(previous)
+            metrics.process_exited()
 
-    app = FastAPI(
-        title="mcdrop",
-        version=mcdrop.__version__,
-        description="Monte Carlo dropout uncertainty over HTTP (v1 JSON API and the "
-        "Open Inference Protocol v2).",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.state.plane = plane
-    app.state.metrics = metrics
-    app.include_router(routes_v1.router)
-    app.include_router(routes_v2.router)
-    _install_error_handlers(app)
-    # Added innermost first: the access log sees every response, the 413s included.
-    # The prediction routes (their routers are included without a prefix, so their
-    # paths are the served ones; tests/service check them against the OpenAPI paths).
-    direct = [r for r in (*routes_v1.hot.routes, *routes_v2.hot.routes) if isinstance(r, APIRoute)]
-    app.add_middleware(DirectRoutes, routes=direct)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
-    app.add_middleware(AccessLogMiddleware, metrics=metrics)
-    return app
+    return lifespan
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Put the API key in the OpenAPI schema: a bearer scheme (the Authorize button of
+    /docs) required by every model route."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The server's MCDROP_API_KEY.",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith(_PROTECTED):
+                for op in operations.values():
+                    op["security"] = [{BEARER_SCHEME: []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

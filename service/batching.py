@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from mcdrop.predictor import MCRequest
+from mcdrop.prediction import MCRequest
 from service.errors import ModelNotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 
@@ -268,7 +268,7 @@ class Batcher(Generic[R]):
         start = time.monotonic()
         if self.metrics is not None:
             for it in batch:
-                self.metrics.queue_time.observe(start - it.enqueued, model=self.name)
+                self.metrics.queue_time.labels(self.name).observe(start - it.enqueued)
         results: list[tuple[_Item, R | None, BaseException | None]]
         try:
             out = self._run_batch([it.request for it in batch])
@@ -286,14 +286,14 @@ class Batcher(Generic[R]):
                         results.append((it, None, one_exc))
         if self.metrics is not None:
             m, label = self.metrics, self.name
-            m.compute_time.observe(time.monotonic() - start, model=label)
-            m.batch_rows.observe(sum(it.rows for it in batch), model=label)
-            m.batch_requests.observe(len(batch), model=label)
+            m.compute_time.labels(label).observe(time.monotonic() - start)
+            m.batch_rows.labels(label).observe(sum(it.rows for it in batch))
+            m.batch_requests.labels(label).observe(len(batch))
         for it, pred, err in results:
             if err is None and pred is not None:
                 self._count("ok")
                 if self.metrics is not None:
-                    self.metrics.mc_samples.inc(pred.samples * it.rows, model=self.name)
+                    self.metrics.mc_samples.labels(self.name).inc(pred.samples * it.rows)
             else:
                 self._count("error")
             self._resolve(it, pred, err)
@@ -308,11 +308,11 @@ class Batcher(Generic[R]):
 
     def _set_depth(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._queue), model=self.name)
+            self.metrics.queue_depth.labels(self.name).set(len(self._queue))
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.predictions.inc(model=self.name, outcome=outcome)
+            self.metrics.predictions.labels(self.name, outcome).inc()
 
 
 def _outcome(it: _Item, r: Any) -> tuple[_Item, Any, BaseException | None]:

@@ -1,4 +1,4 @@
-"""Helpers the routes share: the data plane, API-key check, JSON body reading."""
+"""Helpers the routes share: the data plane, API-key check, body, client disconnects."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ import hmac
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import anyio
 from fastapi import Request
 
-from service.errors import BadRequest, ClientDisconnected, Unauthorized, UnsupportedMediaType
-from service.runtime import DataPlane, parse_json
+from service.body import read_json
+from service.errors import ClientDisconnected, Unauthorized
+from service.plane import DataPlane
 
-__all__ = ["get_plane", "require_api_key", "read_json", "unless_disconnected"]
+__all__ = ["get_plane", "require_api_key", "admit", "json_body", "unless_disconnected"]
 
 T = TypeVar("T")
-
-_THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 
 
 # The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
@@ -25,7 +23,7 @@ _THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 
 
 async def get_plane(request: Request) -> DataPlane:
-    """The app's :class:`~service.runtime.DataPlane`."""
+    """The app's :class:`~service.plane.DataPlane`."""
     plane: DataPlane = request.app.state.plane
     return plane
 
@@ -45,37 +43,18 @@ async def require_api_key(request: Request) -> None:
         raise Unauthorized("invalid API key")
 
 
-def _check_content_type(request: Request) -> None:
-    """A declared Content-Type must be JSON; a missing one is read as JSON."""
-    ctype = request.headers.get("content-type")
-    if ctype is None:
-        return
-    media = ctype.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        shown = media[:60]
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got '{shown}' "
-            "(with curl: -H 'Content-Type: application/json')"
-        )
+async def admit(request: Request, name: str) -> DataPlane:
+    """The first steps of a prediction route: API key, then a full queue refused at once
+    (before the body is read: a refusal must cost little). Returns the data plane."""
+    await require_api_key(request)
+    plane: DataPlane = request.app.state.plane
+    plane.refuse_if_busy(name)
+    return plane
 
 
-async def read_json(request: Request, *, v2: bool = False) -> Any:
-    """Read and parse the JSON body (size limits are enforced by the middleware).
-
-    v2 refuses the binary tensor extension with a clear 400 and accepts a missing
-    Content-Type (tritonclient sends none in JSON mode).
-    """
-    if v2 and "inference-header-content-length" in request.headers:
-        raise BadRequest(
-            "only JSON is supported: this server does not implement the binary tensor "
-            "extension; send inputs and outputs with binary_data=False"
-        )
-    _check_content_type(request)
-    body = await request.body()
-    depth: int = request.app.state.settings.max_json_depth
-    if len(body) > _THREAD_PARSE_BYTES:
-        return await anyio.to_thread.run_sync(parse_json, body, depth)
-    return parse_json(body, depth)
+async def json_body(request: Request, *, v2: bool = False) -> Any:
+    """The parsed JSON body, within the app's depth limit (see :func:`~service.body.read_json`)."""
+    return await read_json(request, request.app.state.settings.max_json_depth, v2=v2)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

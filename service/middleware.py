@@ -117,8 +117,8 @@ class AccessLogMiddleware:
         route_obj: Any = scope.get("route")
         route = getattr(route_obj, "path", None) or "unmatched"
         method = scope.get("method", "")
-        self.metrics.requests.inc(route=route, method=method, status=str(status))
-        self.metrics.latency.observe(elapsed, route=route)
+        self.metrics.requests.labels(route, method, str(status)).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(

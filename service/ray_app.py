@@ -29,14 +29,12 @@ Ray is an optional dependency: ``pip install 'mcdrop[ray]'``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +48,13 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         "(it pins ray[serve]==2.60.0)."
     ) from _exc
 
+import torch
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.settings import ENV_PREFIX, Settings, env_values
+from service.app import create_app
+from service.launch import configure_logging, models_root
+from service.settings import APP_NAME, RaySettings, Settings
 
 __all__ = [
     "RaySettings",
@@ -70,121 +71,6 @@ log = logging.getLogger("mcdrop.service")
 
 REPLICA_HEADER = "x-mcdrop-replica"
 DEPLOYMENT_NAME = "mcdrop"
-APP_NAME = "mcdrop"
-RAY_PREFIX = ENV_PREFIX + "RAY_"
-
-
-# ------------------------------------------------------------------------------ settings
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    """How the service is spread over Ray Serve replicas; each field is
-    ``MCDROP_RAY_<FIELD NAME UPPERCASE>``.
-
-    Attributes
-    ----------
-    replicas : int or None
-        Fixed number of replicas (default 1). Mutually exclusive with ``autoscaling``.
-    max_ongoing : int
-        Requests one replica works on at once (Ray's ``max_ongoing_requests``). The
-        replica's own batcher merges them, so this should be at least the batch size you
-        want; it also bounds how long a request can wait inside the replica.
-    max_queued : int
-        Requests each proxy holds waiting for a free replica slot (Ray's
-        ``max_queued_requests``); beyond it the proxy answers 503 at once. -1: unbounded.
-    autoscaling : dict or None
-        Ray's ``autoscaling_config`` (JSON in the environment), e.g.
-        ``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16}``.
-    num_cpus : float
-        CPUs Ray reserves per replica (``ray_actor_options``); torch inside the replica
-        uses that many threads (Ray sets ``OMP_NUM_THREADS``).
-    address : str
-        Ray cluster for :func:`main`: ``local`` (default) starts a private one; anything
-        else is passed to ``ray.init(address=...)``.
-    app_name : str
-        Serve application name.
-    route_prefix : str
-        Where the app is mounted on the proxy.
-    """
-
-    replicas: int | None = None
-    max_ongoing: int = 32
-    max_queued: int = 256
-    autoscaling: dict[str, Any] | None = None
-    num_cpus: float = 1.0
-    address: str = "local"
-    app_name: str = APP_NAME
-    route_prefix: str = "/"
-
-    def __post_init__(self) -> None:
-        if self.replicas is not None and self.autoscaling is not None:
-            raise ValueError(
-                f"{RAY_PREFIX}REPLICAS and {RAY_PREFIX}AUTOSCALING are mutually exclusive: "
-                "autoscaling chooses the number of replicas; unset one of them"
-            )
-        if self.replicas is not None and self.replicas < 1:
-            raise ValueError(f"{RAY_PREFIX}REPLICAS must be at least 1, got {self.replicas!r}")
-        if self.max_ongoing < 1:
-            raise ValueError(
-                f"{RAY_PREFIX}MAX_ONGOING must be at least 1, got {self.max_ongoing!r}"
-            )
-        if self.max_queued < 1 and self.max_queued != -1:
-            raise ValueError(
-                f"{RAY_PREFIX}MAX_QUEUED must be at least 1 (or -1 for unbounded), "
-                f"got {self.max_queued!r}"
-            )
-        if self.autoscaling is not None and not isinstance(self.autoscaling, dict):
-            raise ValueError(f"{RAY_PREFIX}AUTOSCALING must be a JSON object")
-        if self.num_cpus < 0:
-            raise ValueError(f"{RAY_PREFIX}NUM_CPUS must be >= 0, got {self.num_cpus!r}")
-        if not self.route_prefix.startswith("/"):
-            raise ValueError(
-                f"{RAY_PREFIX}ROUTE_PREFIX must start with '/', got {self.route_prefix!r}"
-            )
-
-    @property
-    def num_replicas(self) -> int | str:
-        """Ray's ``num_replicas``: the fixed count, or ``"auto"`` under autoscaling."""
-        if self.autoscaling is not None:
-            return "auto"
-        return 1 if self.replicas is None else self.replicas
-
-    def with_overrides(self, **changes: Any) -> RaySettings:
-        """A copy with the given fields replaced (``None`` values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RaySettings:
-        """Settings from ``MCDROP_RAY_*`` variables; unset ones keep their defaults.
-
-        Raises
-        ------
-        ValueError
-            A variable that does not parse, naming it and the value.
-        """
-        env = os.environ if environ is None else environ
-        parsers: dict[str, Callable[[str], Any]] = {
-            "replicas": int,
-            "max_ongoing": int,
-            "max_queued": int,
-            "autoscaling": _parse_json_object,
-            "num_cpus": float,
-            "address": str,
-            "app_name": str,
-            "route_prefix": str,
-        }
-        return cls(**env_values(cls, RAY_PREFIX, parsers, env, skip_blank=True))
-
-
-def _parse_json_object(s: str) -> dict[str, Any]:
-    try:
-        value = json.loads(s)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise ValueError('expected a JSON object such as {"min_replicas": 1}')
-    return value
 
 
 # ------------------------------------------------------------------------------ replica
@@ -231,8 +117,6 @@ class MCDropReplica:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from service.server import configure_logging
-
         configure_logging(settings.log_level)
         self._settings = settings
         self._replica = _replica_id()
@@ -240,8 +124,6 @@ class MCDropReplica:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Called by Ray once per replica, after __init__ and before the lifespan startup.
-        from service.app import create_app
-
         app = create_app(self._settings)
         app.add_middleware(_ReplicaHeader, replica_id=self._replica)
         self._app = app
@@ -249,8 +131,6 @@ class MCDropReplica:
 
     def diagnostics(self) -> dict[str, Any]:
         """This replica's identity and state (callable through a deployment handle)."""
-        import torch
-
         plane = self._app.state.plane if self._app is not None else None
         batchers = sorted(
             t.name for t in threading.enumerate() if t.name.startswith("mcdrop-batcher-")
@@ -280,7 +160,7 @@ def build_app(settings: Settings | None = None, ray_settings: RaySettings | None
         Default: :meth:`Settings.from_env`. ``models_dir`` must be readable by every
         replica (same path on every node: bake the models into the image or mount them).
     ray_settings : RaySettings, optional
-        Default: :meth:`RaySettings.from_env`.
+        Default: ``settings.ray``.
 
     Returns
     -------
@@ -288,7 +168,7 @@ def build_app(settings: Settings | None = None, ray_settings: RaySettings | None
         For ``serve.run(app, name=..., route_prefix=...)``.
     """
     settings = settings if settings is not None else Settings.from_env()
-    rs = ray_settings if ray_settings is not None else RaySettings.from_env()
+    rs = ray_settings if ray_settings is not None else settings.ray
     options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "num_replicas": rs.num_replicas,
@@ -318,27 +198,32 @@ def app_builder(args: Mapping[str, Any]) -> Any:
     (that is Ray's rule).
     """
     args = dict(args or {})
-    service_fields = {f.name for f in fields(Settings)}
-    ray_fields = {f.name for f in fields(RaySettings)}
+    service_fields = set(Settings.model_fields) - {"ray"}
+    ray_fields = set(RaySettings.model_fields)
     unknown = sorted(set(args) - service_fields - ray_fields)
     if unknown:
         raise ValueError(
             f"unknown args in the Serve config: {', '.join(unknown)} (known: Settings "
             "fields such as models_dir, and RaySettings fields such as max_ongoing)"
         )
-    svc = {k: v for k, v in args.items() if k in service_fields}
-    if "models_dir" in svc:
-        svc["models_dir"] = Path(str(svc["models_dir"])).expanduser()
-    if "cors_origins" in svc and isinstance(svc["cors_origins"], str):
-        svc["cors_origins"] = tuple(p.strip() for p in svc["cors_origins"].split(",") if p)
-    settings = Settings.from_env().with_overrides(**svc)
+    # Strings are parsed as in the environment (comma-separated lists, "~" expanded).
+    settings = Settings.from_env().with_overrides(
+        **{k: v for k, v in args.items() if k in service_fields}
+    )
     ray_over = {k: v for k, v in args.items() if k in ray_fields}
-    rs = RaySettings.from_env()
-    if "autoscaling" in ray_over:
-        rs = replace(rs, replicas=None)
-    elif "replicas" in ray_over:
-        rs = replace(rs, autoscaling=None)
-    return build_app(settings, rs.with_overrides(**ray_over))
+    return build_app(settings, _ray_options(settings.ray, ray_over))
+
+
+def _ray_options(rs: RaySettings, changes: Mapping[str, Any]) -> RaySettings:
+    """``rs`` with the non-None ``changes``; a replica count given here replaces
+    autoscaling from the environment, and autoscaling given here a replica count."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    cleared: dict[str, Any] = {}
+    if "autoscaling" in given:
+        cleared["replicas"] = None
+    elif "replicas" in given:
+        cleared["autoscaling"] = None
+    return RaySettings(**{**dict(rs), **cleared, **given})
 
 
 # ------------------------------------------------------------------------------ command
@@ -370,27 +255,18 @@ def main(argv: Sequence[str]) -> int:
 
     Returns 0 after a clean shutdown, 2 on a configuration error (message on stderr).
     """
-    from service.server import configure_logging
-
     args = _parser().parse_args(list(argv))
     try:
         settings = Settings.from_env().with_overrides(
             host=args.host, port=args.port, models_dir=args.models_dir, log_level=args.log_level
         )
-        rs = RaySettings.from_env()
-        if args.replicas is not None:
-            rs = replace(rs, autoscaling=None)
-        rs = rs.with_overrides(
-            replicas=args.replicas,
-            max_ongoing=args.max_ongoing,
-            max_queued=args.max_queued,
-            num_cpus=args.num_cpus,
-        )
+        rs = _ray_options(settings.ray, {
+            "replicas": args.replicas, "max_ongoing": args.max_ongoing,
+            "max_queued": args.max_queued, "num_cpus": args.num_cpus,
+        })  # fmt: skip
     except ValueError as exc:
         print(f"mcdrop serve: {exc}", file=sys.stderr)
         return 2
-    from service.server import models_root
-
     root = models_root(settings)
     if root is None:
         return 2

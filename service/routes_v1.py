@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from mcdrop.schemas import (
     ErrorResponse,
@@ -16,10 +16,11 @@ from mcdrop.schemas import (
     PredictResponse,
     ReadyResponse,
 )
-from service.deps import get_plane, read_json, require_api_key, unless_disconnected
+from service import codec_v1
+from service.deps import admit, get_plane, json_body, require_api_key, unless_disconnected
 from service.metrics import CONTENT_TYPE
+from service.plane import DataPlane
 from service.responses import FastJSONResponse
-from service.runtime import DataPlane
 
 __all__ = ["router"]
 
@@ -53,32 +54,33 @@ async def ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["health"])
-async def metrics(request: Request) -> PlainTextResponse:
+async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @models.get("", response_model=ModelList, responses=_ERRORS)
 async def list_models(plane: DataPlane = Depends(get_plane)) -> dict[str, Any]:
     """Served models, and the folders that failed to load with the reason."""
-    return plane.list_models()
+    return codec_v1.model_list(plane.served(), plane.failures)
 
 
 @models.get("/{name}", response_model=ModelInfo, responses=_ERRORS)
 async def model_info(name: str, plane: DataPlane = Depends(get_plane)) -> dict[str, Any]:
     """One model's manifest and state."""
-    return plane.get(name).info()
+    return codec_v1.model_info(plane.get(name))
 
 
 @hot.post("/{name}/predict", response_model=PredictResponse, responses=_ERRORS,
           openapi_extra=_PREDICT_BODY)  # fmt: skip
 async def predict(name: str, request: Request) -> FastJSONResponse:
     """MC dropout prediction: mean, variance, std, stderr (+ class statistics)."""
-    await require_api_key(request)
-    plane = await get_plane(request)
-    plane.refuse_if_busy(name)  # before reading the body: a refusal must cost little
-    body = await read_json(request)
-    return FastJSONResponse(await unless_disconnected(request, plane.predict_v1(name, body)))
+    plane = await admit(request, name)
+    body = await json_body(request)
+    model = plane.get(name)
+    req = codec_v1.decode(model, body)
+    answer = await unless_disconnected(request, plane.infer(model, req))
+    return FastJSONResponse(codec_v1.encode(model, answer))
 
 
 router.include_router(models)

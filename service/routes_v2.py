@@ -15,9 +15,10 @@ from mcdrop.schemas import (
     ModelMetadata,
     ServerMetadata,
 )
-from service.deps import get_plane, read_json, require_api_key, unless_disconnected
+from service import codec_v2
+from service.deps import admit, get_plane, json_body, require_api_key, unless_disconnected
+from service.plane import DataPlane
 from service.responses import FastJSONResponse
-from service.runtime import DataPlane
 
 __all__ = ["router"]
 
@@ -90,7 +91,7 @@ async def model_metadata(
     name: str, version: str | None = None, plane: DataPlane = Depends(get_plane)
 ) -> dict[str, Any]:
     """Inputs, outputs and versions of a model."""
-    return plane.get(name, version).v2_metadata()
+    return codec_v2.metadata(plane.get(name, version))
 
 
 @models.get("/ready", responses=_ERRORS)
@@ -111,12 +112,12 @@ async def model_ready(
 )
 async def infer(name: str, request: Request, version: str | None = None) -> FastJSONResponse:
     """Inference; MC options in ``parameters``: ``mc_samples``, ``seed``."""
-    await require_api_key(request)
-    plane = await get_plane(request)
-    plane.refuse_if_busy(name)  # before reading the body: a refusal must cost little
-    body = await read_json(request, v2=True)
-    answer = await unless_disconnected(request, plane.infer_v2(name, body, version))
-    return FastJSONResponse(answer)
+    plane = await admit(request, name)
+    body = await json_body(request, v2=True)
+    model = plane.get(name, version)
+    req = codec_v2.decode(model, body)
+    answer = await unless_disconnected(request, plane.infer(model, req.infer))
+    return FastJSONResponse(codec_v2.encode(model, answer, req))
 
 
 router.include_router(models)

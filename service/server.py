@@ -1,66 +1,22 @@
-"""``mcdrop serve``: run the service under uvicorn.
+"""``mcdrop serve``: parse the command line and start an engine.
 
-SIGTERM/SIGINT: uvicorn stops accepting connections, lets in-flight requests finish for up
-to ``MCDROP_DRAIN_SECONDS`` (``timeout_graceful_shutdown``), then the lifespan shutdown
-stops each model's batcher after its queue is empty.
+uvicorn (the default) runs in :func:`service.launch.run_uvicorn`; ``--engine ray`` hands the
+whole command line to :func:`service.ray_app.main`, which has its own options. Ray is an
+optional dependency, so that module is imported only when asked for.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import FastAPI
+from service.launch import configure_logging, models_root, run_uvicorn
+from service.settings import Settings
 
-from service.settings import ENV_PREFIX, Settings
-
-__all__ = ["main", "app_factory", "configure_logging", "find_model_folders"]
-
-MANIFEST = "model.toml"
-
-
-def find_model_folders(root: Path) -> list[Path]:
-    """Sub-folders of ``root`` holding a manifest (hidden and ``_`` folders skipped)."""
-    if not root.is_dir():
-        return []
-    return sorted(
-        p for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith((".", "_")) and (p / MANIFEST).is_file()
-    )  # fmt: skip
-
-
-def configure_logging(level: str) -> None:
-    """Log records of ``mcdrop.*`` to stderr; access lines (already JSON) as they are."""
-    handler_flag = "_mcdrop_handler"
-    lib = logging.getLogger("mcdrop")
-    if not any(getattr(h, handler_flag, False) for h in lib.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        setattr(h, handler_flag, True)
-        lib.addHandler(h)
-    lib.setLevel(level.upper())
-    access = logging.getLogger("mcdrop.access")
-    if not any(getattr(h, handler_flag, False) for h in access.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        setattr(h, handler_flag, True)
-        access.addHandler(h)
-    access.propagate = False
-    # Access lines are INFO records: "warning" and above turn them off, as in uvicorn.
-    access.setLevel(level.upper())
-
-
-def app_factory() -> FastAPI:
-    """The app from ``MCDROP_*`` variables (uvicorn's factory for ``--workers`` > 1)."""
-    from service.app import create_app
-
-    settings = Settings.from_env()
-    configure_logging(settings.log_level)
-    return create_app(settings)
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,20 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def models_root(settings: Settings) -> Path | None:
-    """The resolved models folder, or None after telling the user it holds no model."""
-    root = Path(settings.models_dir).resolve()
-    if find_model_folders(root):
-        return root
-    print(
-        f"mcdrop serve: no models in {root}: expected one sub-folder per model with a "
-        f"{MANIFEST} (see docs/service.md). Train the default models or pass "
-        "--models-dir FOLDER.",
-        file=sys.stderr,
-    )
-    return None
-
-
 def _wants_ray(argv: list[str]) -> bool:
     """True for ``--engine ray`` / ``--engine=ray`` (its own parser takes the rest)."""
     for i, a in enumerate(argv):
@@ -109,16 +51,21 @@ def _wants_ray(argv: list[str]) -> bool:
     return False
 
 
+def _ray_main(argv: list[str]) -> int:
+    try:
+        ray_app = importlib.import_module("service.ray_app")  # optional: mcdrop[ray]
+    except ImportError as exc:
+        print(f"mcdrop serve: {exc}", file=sys.stderr)
+        return 2
+    code: int = ray_app.main(argv)
+    return code
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the server until SIGTERM/SIGINT; 0 on a clean exit, 2 on a configuration error."""
     argv = list(argv)
     if _wants_ray(argv):
-        try:
-            from service.ray_app import main as ray_main
-        except ImportError as exc:
-            print(f"mcdrop serve: {exc}", file=sys.stderr)
-            return 2
-        return ray_main(argv)
+        return _ray_main(argv)
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env().with_overrides(
@@ -136,32 +83,5 @@ def main(argv: Sequence[str]) -> int:
         return 2
     settings = settings.with_overrides(models_dir=root)
     configure_logging(settings.log_level)
-
-    import uvicorn
-
-    common = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,  # mcdrop.access writes one JSON line per request
-        "timeout_graceful_shutdown": max(1, round(settings.drain_seconds)),
-        "lifespan": "on",
-    }
-    if settings.workers == 1:
-        from service.app import create_app
-
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
-    else:
-        # Each worker process builds its own app from the environment.
-        for name, value in {
-            "models_dir": str(root), "host": settings.host, "port": str(settings.port),
-            "log_level": settings.log_level, "workers": str(settings.workers),
-        }.items():  # fmt: skip
-            os.environ[ENV_PREFIX + name.upper()] = value
-        uvicorn.run(
-            "service.server:app_factory",
-            factory=True,
-            workers=settings.workers,
-            **common,  # type: ignore[arg-type]
-        )
+    run_uvicorn(settings)
     return 0

@@ -1,35 +1,228 @@
-"""Service settings, read from ``MCDROP_*`` environment variables.
+"""Service settings, read from ``MCDROP_*`` environment variables with pydantic-settings.
 
-Plain ``os.environ`` parsing (no pydantic-settings dependency): each variable is parsed and
-range-checked here, and a bad value stops the server with a message naming the variable.
+One :class:`Settings` class holds everything the service can be told, the Ray Serve engine's
+options included (its nested :class:`RaySettings`, read from ``MCDROP_RAY_*``). A bad value
+stops the server with a message naming the variable and the value.
+
+Constructing ``Settings(...)`` directly reads no environment (tests and embedders get
+exactly what they pass); :meth:`Settings.from_env` reads ``os.environ`` or a given mapping.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
-__all__ = ["Settings", "DEFAULT_MODELS_DIR", "ENV_PREFIX"]
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from mcdrop.repository import default_models_dir
+
+__all__ = ["Settings", "RaySettings", "DEFAULT_MODELS_DIR", "ENV_PREFIX", "RAY_PREFIX"]
 
 ENV_PREFIX = "MCDROP_"
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+RAY_PREFIX = ENV_PREFIX + "RAY_"
+DEFAULT_MODELS_DIR = default_models_dir()
+APP_NAME = "mcdrop"
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
-T = TypeVar("T")
+# The environment from_env reads; None (the default) when Settings(...) is built directly.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("mcdrop_environ", default=None)
 
 
-@dataclass(frozen=True)
-class Settings:
+# ------------------------------------------------------------------------------ wording
+
+
+def _check(value: Any, ok: bool, var: str, msg: str) -> None:
+    if not ok:
+        raise ValueError(f"{var} {msg}, got {value!r}")
+
+
+def _wording(exc: ValidationError, prefix: str, env: Mapping[str, str] | None) -> str:
+    """The first error as a sentence naming the ``MCDROP_*`` variable (and its value)."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err.get("loc", ()))
+    msg = str(err["ctx"]["error"]) if err.get("type") == "value_error" else err["msg"]
+    if msg.startswith(ENV_PREFIX):  # our own range checks name the variable already
+        return msg
+    var = prefix + "_".join(str(p) for p in loc).upper()
+    raw = None
+    if env is not None:
+        raw = next((v for k, v in env.items() if k.upper() == var), None)
+    shown = raw if raw is not None else err.get("input")
+    return f"{var}={shown!r} is not valid: {msg}"
+
+
+class _Clean:
+    """Validation errors as one ValueError sentence (``mcdrop serve`` prints it as is)."""
+
+    _env_prefix: ClassVar[str] = ENV_PREFIX  # how the variables of this class's fields begin
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ValueError(_wording(exc, type(self)._env_prefix, _ENVIRON.get())) from None
+
+
+# ------------------------------------------------------------------------------ parsing
+
+
+def _parse_bool(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    s = v.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def _parse_list(v: Any) -> Any:
+    if isinstance(v, str):
+        return tuple(p.strip() for p in v.split(",") if p.strip())
+    return v
+
+
+def _parse_json_object(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    try:
+        value = json.loads(v)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError('expected a JSON object such as {"min_replicas": 1}')
+    return value
+
+
+# ------------------------------------------------------------------------------ Ray
+
+
+class RaySettings(_Clean, BaseModel):
+    """How the service is spread over Ray Serve replicas; each field is
+    ``MCDROP_RAY_<FIELD NAME UPPERCASE>`` (:attr:`Settings.ray`).
+
+    Attributes
+    ----------
+    replicas : int or None
+        Fixed number of replicas (default 1). Mutually exclusive with ``autoscaling``.
+    max_ongoing : int
+        Requests one replica works on at once (Ray's ``max_ongoing_requests``). The
+        replica's own batcher merges them, so this should be at least the batch size you
+        want; it also bounds how long a request can wait inside the replica.
+    max_queued : int
+        Requests each proxy holds waiting for a free replica slot (Ray's
+        ``max_queued_requests``); beyond it the proxy answers 503 at once. -1: unbounded.
+    autoscaling : dict or None
+        Ray's ``autoscaling_config`` (JSON in the environment), e.g.
+        ``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16}``.
+    num_cpus : float
+        CPUs Ray reserves per replica (``ray_actor_options``); torch inside the replica
+        uses that many threads (Ray sets ``OMP_NUM_THREADS``).
+    address : str
+        Ray cluster for ``mcdrop serve --engine ray``: ``local`` (default) starts a
+        private one; anything else is passed to ``ray.init(address=...)``.
+    app_name : str
+        Serve application name.
+    route_prefix : str
+        Where the app is mounted on the proxy.
+    """
+
+    # Unknown MCDROP_RAY_* variables are ignored, as unknown MCDROP_* ones are.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    _env_prefix: ClassVar[str] = RAY_PREFIX
+
+    replicas: int | None = None
+    max_ongoing: int = 32
+    max_queued: int = 256
+    autoscaling: dict[str, Any] | None = None
+    num_cpus: float = 1.0
+    address: str = "local"
+    app_name: str = APP_NAME
+    route_prefix: str = "/"
+
+    _json = field_validator("autoscaling", mode="before")(_parse_json_object)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RaySettings:
+        p = RAY_PREFIX
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError(
+                f"{p}REPLICAS and {p}AUTOSCALING are mutually exclusive: "
+                "autoscaling chooses the number of replicas; unset one of them"
+            )
+        if self.replicas is not None:
+            _check(self.replicas, self.replicas >= 1, f"{p}REPLICAS", "must be at least 1")
+        _check(self.max_ongoing, self.max_ongoing >= 1, f"{p}MAX_ONGOING", "must be at least 1")
+        _check(
+            self.max_queued,
+            self.max_queued >= 1 or self.max_queued == -1,
+            f"{p}MAX_QUEUED",
+            "must be at least 1 (or -1 for unbounded)",
+        )
+        _check(self.num_cpus, self.num_cpus >= 0, f"{p}NUM_CPUS", "must be >= 0")
+        _check(
+            self.route_prefix,
+            self.route_prefix.startswith("/"),
+            f"{p}ROUTE_PREFIX",
+            "must start with '/'",
+        )
+        return self
+
+    @property
+    def num_replicas(self) -> int | str:
+        """Ray's ``num_replicas``: the fixed count, or ``"auto"`` under autoscaling."""
+        if self.autoscaling is not None:
+            return "auto"
+        return 1 if self.replicas is None else self.replicas
+
+    def with_overrides(self, **changes: Any) -> RaySettings:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return type(self)(**{**dict(self), **{k: v for k, v in changes.items() if v is not None}})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RaySettings:
+        """The ``MCDROP_RAY_*`` part of :meth:`Settings.from_env`."""
+        return Settings.from_env(environ).ray
+
+
+# ------------------------------------------------------------------------------ service
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class Settings(_Clean, BaseSettings):
     """Everything the service can be told; each field is ``MCDROP_<FIELD NAME UPPERCASE>``.
 
     Attributes
     ----------
     models_dir : Path
-        Model repository folder (one sub-folder per model). Default: the repository's
-        ``models/``.
+        Model repository folder (one sub-folder per model). Default: the default models
+        (:func:`mcdrop.repository.default_models_dir`).
     host, port : str, int
         Where ``mcdrop serve`` listens (default 127.0.0.1:8000).
     api_key : str or None
@@ -77,7 +270,19 @@ class Settings:
     devices : tuple of str
         Shard each request's MC samples over these devices (comma-separated in the
         environment, e.g. ``cuda:0,cuda:1``); empty: everything on ``device``.
+    ray : RaySettings
+        The Ray Serve engine's options (``MCDROP_RAY_*``).
     """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",  # MCDROP_RAY_MAX_ONGOING -> ray.max_ongoing
+        env_nested_max_split=1,
+        env_ignore_empty=True,
+        enable_decoding=False,  # lists are comma-separated, not JSON (validators below)
+        frozen=True,
+        extra="forbid",
+    )
 
     models_dir: Path = DEFAULT_MODELS_DIR
     host: str = "127.0.0.1"
@@ -92,50 +297,71 @@ class Settings:
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 256
     request_timeout_s: float = 30.0
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    cors_origins: tuple[str, ...] = ()
     drain_seconds: float = 10.0
     log_level: str = "info"
     workers: int = 1
     device: str = "cpu"
     precision: str = "fp32"
-    devices: tuple[str, ...] = field(default_factory=tuple)
+    devices: tuple[str, ...] = ()
+    ray: RaySettings = RaySettings()
 
-    def __post_init__(self) -> None:
-        _check(
-            self.precision,
-            self.precision in ("fp32", "bf16", "fp16"),
-            "precision",
-            "must be fp32, bf16 or fp16",
-        )
+    _bools = field_validator("batching", "share_unseeded", mode="before")(_parse_bool)
+    _lists = field_validator("cors_origins", "devices", mode="before")(_parse_list)
+
+    @field_validator("log_level", "device", "precision", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("models_dir", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return Path(v).expanduser() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Settings:
+        p = ENV_PREFIX
+        _check(self.precision, self.precision in ("fp32", "bf16", "fp16"), f"{p}PRECISION",
+               "must be fp32, bf16 or fp16")  # fmt: skip
         _check(
             self.device,
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps", "xpu"),
-            "device",
+            f"{p}DEVICE",
             "must be auto, cpu, cuda or cuda:N",
         )
-        _check(self.port, 0 <= self.port <= 65535, "port", "must be in [0, 65535]")
-        for name in ("max_body_bytes", "max_json_depth", "max_batch_rows", "max_queue_size"):
-            _check(getattr(self, name), getattr(self, name) >= 1, name, "must be at least 1")
-        _check(self.workers, self.workers >= 1, "workers", "must be at least 1")
-        _check(
-            self.switch_interval_ms,
-            0 < self.switch_interval_ms <= 1000,
-            "switch_interval_ms",
-            "must be in (0, 1000]",
-        )
+        _check(self.port, 0 <= self.port <= 65535, f"{p}PORT", "must be in [0, 65535]")
+        for name in ("max_body_bytes", "max_json_depth", "max_batch_rows", "max_queue_size",
+                     "workers"):  # fmt: skip
+            value = getattr(self, name)
+            _check(value, value >= 1, p + name.upper(), "must be at least 1")
+        _check(self.switch_interval_ms, 0 < self.switch_interval_ms <= 1000,
+               f"{p}SWITCH_INTERVAL_MS", "must be in (0, 1000]")  # fmt: skip
         for name in ("max_queue_delay_ms", "drain_seconds"):
-            _check(getattr(self, name), getattr(self, name) >= 0, name, "must be >= 0")
-        _check(
-            self.request_timeout_s, self.request_timeout_s > 0, "request_timeout_s", "must be > 0"
-        )
-        _check(
-            self.log_level,
-            self.log_level in _LOG_LEVELS,
-            "log_level",
-            f"must be one of {', '.join(_LOG_LEVELS)}",
-        )
+            value = getattr(self, name)
+            _check(value, value >= 0, p + name.upper(), "must be >= 0")
+        _check(self.request_timeout_s, self.request_timeout_s > 0, f"{p}REQUEST_TIMEOUT_S",
+               "must be > 0")  # fmt: skip
+        _check(self.log_level, self.log_level in _LOG_LEVELS, f"{p}LOG_LEVEL",
+               f"must be one of {', '.join(_LOG_LEVELS)}")  # fmt: skip
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError(f"{ENV_PREFIX}API_KEY must not be blank (unset it to disable auth)")
+            raise ValueError(f"{p}API_KEY must not be blank (unset it to disable auth)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments first, then the environment, and that only inside from_env.
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings,)
+        return (init_settings, _MappingSource(settings_cls, environ))
 
     @property
     def batching_enabled(self) -> bool:
@@ -143,8 +369,8 @@ class Settings:
         return self.batching and self.max_batch_rows > 1
 
     def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with the given fields replaced (``None`` values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given fields replaced (``None`` values are ignored), checked."""
+        return type(self)(**{**dict(self), **{k: v for k, v in changes.items() if v is not None}})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,71 +379,16 @@ class Settings:
         Raises
         ------
         ValueError
-            A variable that does not parse, naming it and the value.
+            A variable that does not parse or is out of range, naming it and the value.
         """
-        env = os.environ if environ is None else environ
-        parsers: dict[str, Callable[[str], Any]] = {
-            "models_dir": lambda s: Path(s).expanduser(),
-            "host": str,
-            "port": int,
-            "api_key": lambda s: s if s else None,
-            "max_body_bytes": int,
-            "max_json_depth": int,
-            "max_batch_rows": int,
-            "batching": _parse_bool,
-            "share_unseeded": _parse_bool,
-            "switch_interval_ms": float,
-            "max_queue_delay_ms": float,
-            "max_queue_size": int,
-            "request_timeout_s": float,
-            "cors_origins": _parse_list,
-            "drain_seconds": float,
-            "log_level": lambda s: s.strip().lower(),
-            "workers": int,
-            "device": lambda s: s.strip().lower(),
-            "precision": lambda s: s.strip().lower(),
-            "devices": _parse_list,
-        }
-        return cls(**env_values(cls, ENV_PREFIX, parsers, env))
+        with _reading(os.environ if environ is None else environ):
+            return cls()
 
 
-def env_values(
-    cls: type,
-    prefix: str,
-    parsers: Mapping[str, Callable[[str], Any]],
-    env: Mapping[str, str],
-    skip_blank: bool = False,
-) -> dict[str, Any]:
-    """Parsed values of the dataclass fields of ``cls`` that ``PREFIX + NAME`` sets in ``env``.
-
-    A value that does not parse raises ValueError naming the variable and the value.
-    """
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        var = prefix + f.name.upper()
-        raw = env.get(var)
-        if raw is None or (skip_blank and raw.strip() == ""):
-            continue
-        try:
-            values[f.name] = parsers[f.name](raw.strip() if skip_blank else raw)
-        except ValueError as exc:
-            raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
-    return values
-
-
-def _check(value: Any, ok: bool, name: str, msg: str) -> None:
-    if not ok:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} {msg}, got {value!r}")
-
-
-def _parse_bool(s: str) -> bool:
-    v = s.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true/false, 1/0, yes/no or on/off")
-
-
-def _parse_list(s: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in s.split(",") if p.strip())
+@contextmanager
+def _reading(environ: Mapping[str, str]) -> Iterator[None]:
+    token = _ENVIRON.set(dict(environ))
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)

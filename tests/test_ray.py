@@ -29,10 +29,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from helpers.live_server import free_port
 
 from mcdrop.repository import Manifest, save_model
 from service.settings import Settings
-from service.testing import free_port
 
 pytestmark = pytest.mark.ray
 

@@ -18,7 +18,8 @@ for _p in (_HERE.parent / "service", _HERE):
         sys.path.insert(0, str(_p))
 
 from fault_models import write_fault_repo  # noqa: E402
-from svc_helpers import server_factory, write_tiny_repo  # noqa: E402, F401 (fixture)
+from helpers.live_server import server_factory  # noqa: E402, F401 (fixture)
+from svc_helpers import write_tiny_repo  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers.live_server import ServerProcess as Server
+from helpers.live_server import metric, start_server
 from helpers.tolerance import assert_close_f32, value_scale
-from svc_helpers import Server, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -32,17 +33,9 @@ def server(fault_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MCDROP_MAX_QUEUE_DELAY_MS": "30",  # so that concurrent requests share a batch
         "MCDROP_MAX_QUEUE_SIZE": "32",
     }
-    s = start_server(fault_repo, tmp_path_factory.mktemp("faults") / "server.log", env)
+    s = start_server(fault_repo, env, log_path=tmp_path_factory.mktemp("faults") / "server.log")
     yield s
     s.stop()
-
-
-def metric(url: str, name: str) -> float:
-    """One sample of /metrics by its full name with labels (0 when absent)."""
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def wait_for_metric(url: str, name: str, value: float, timeout: float = 10.0) -> float:
@@ -189,7 +182,7 @@ def test_client_disconnects_withdraw_queued_requests(server: Server) -> None:
     assert got["cancelled"] >= 6 and got["ok"] <= 2 and got["timeout"] == 0, got
     assert got["cancelled"] + got["ok"] == 8, got
     text = httpx.get(server.url + "/metrics", timeout=5).text
-    assert 'route="/v1/models/{name}/predict",method="POST",status="499"' in text
+    assert 'method="POST",route="/v1/models/{name}/predict",status="499"' in text  # sorted
     assert post(server.url, "sleepy", [ROW], samples=2).status_code == 200
     assert httpx.get(server.url + "/health/ready", timeout=5).status_code == 200
 
@@ -204,8 +197,8 @@ def test_sigterm_refuses_new_connections_while_in_flight_requests_finish(
     exit; here a new connection is tried *during* the drain: refused at once, while the
     requests in flight still get their 200."""
     s = start_server(
-        fault_repo, tmp_path / "server.log",
-        {"MCDROP_MAX_QUEUE_DELAY_MS": "0", "MCDROP_REQUEST_TIMEOUT_S": "20"},
+        fault_repo, {"MCDROP_MAX_QUEUE_DELAY_MS": "0", "MCDROP_REQUEST_TIMEOUT_S": "20"},
+        log_path=tmp_path / "server.log",
     )  # fmt: skip
     pool = ThreadPoolExecutor(4)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.live_server import app_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from svc_helpers import make_settings
@@ -229,8 +230,6 @@ def _encode(body: Any) -> bytes:
 @pytest.fixture(scope="module")
 def loop_client(tiny_repo: Path) -> Iterator[Any]:
     """A synchronous ``post(path, content)`` over an in-process app on one event loop."""
-    from svc_helpers import app_client
-
     loop = asyncio.new_event_loop()
     cm = app_client(make_settings(tiny_repo, request_timeout_s=2.0, log_level="warning"))
     client = loop.run_until_complete(cm.__aenter__())

@@ -6,7 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from svc_helpers import ROOT, server_factory, write_tiny_repo  # noqa: F401 (fixture)
+from helpers.live_server import server_factory  # noqa: F401 (fixture)
+from svc_helpers import ROOT, write_tiny_repo
+
+from service.launch import find_model_folders
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +26,6 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def default_or_tiny_repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The repository's models/ when it holds models, else a copy of the tiny repository."""
-    from service.server import find_model_folders
-
     if find_model_folders(ROOT / "models"):
         return ROOT / "models"
     dest = tmp_path_factory.mktemp("fallback") / "models"

@@ -1,22 +1,18 @@
-"""Helpers of the service tests: tiny model repositories, in-process apps, real servers."""
+"""Helpers of the service tests: tiny model repositories and test settings.
+
+The apps and servers they run on come from :mod:`helpers.live_server`.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-import pytest
 import torch
 
 from mcdrop.repository import Manifest, save_model
-from service.app import create_app
 from service.settings import Settings
-from service.testing import ServerProcess as Server
-from service.testing import start_server as _start
 
 _spec = importlib.util.spec_from_file_location(
     "mcdrop_service_test_models", Path(__file__).with_name("tiny_models.py")
@@ -95,36 +91,3 @@ def make_settings(repo: Path, **kw: Any) -> Settings:
     }
     base.update(kw)
     return Settings(**base)
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client wired to a fresh app in-process, lifespan included."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://mcdrop.test") as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
-
-
-def start_server(
-    repo: Path, log_path: Path, env: dict[str, str] | None = None, timeout: float = 40.0
-) -> Server:
-    """``mcdrop serve`` of ``repo`` on 127.0.0.1, ready (see :mod:`service.testing`)."""
-    return _start(repo, env, log_path=log_path, ready_timeout=timeout)
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start real servers inside a test; every one is stopped (SIGTERM, then SIGKILL)."""
-    started: list[Server] = []
-
-    def start(repo: Path, env: dict[str, str] | None = None) -> Server:
-        s = start_server(repo, tmp_path / f"server{len(started)}.log", env)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()

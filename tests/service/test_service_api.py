@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers.live_server import app_client
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from svc_helpers import app_client, make_settings, write_tiny_repo
+from svc_helpers import make_settings, write_tiny_repo
 
 pytestmark = pytest.mark.anyio
 
@@ -310,14 +311,15 @@ async def test_metrics_and_access_log(
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = r.text
     for name in (
-        'mcdrop_http_requests_total{route="/v1/models/{name}/predict",method="POST",status="200"}',
+        # prometheus_client writes labels sorted by name
+        'mcdrop_http_requests_total{method="POST",route="/v1/models/{name}/predict",status="200"}',
         "mcdrop_http_request_duration_seconds_bucket",
         'mcdrop_queue_wait_seconds_count{model="reg"}',
         'mcdrop_batch_compute_seconds_sum{model="reg"}',
-        'mcdrop_batch_rows_bucket{model="reg",le="1"}',
-        'mcdrop_queue_depth{model="reg"} 0',
+        'mcdrop_batch_rows_bucket{le="1.0",model="reg"}',  # sorted labels, float bounds
+        'mcdrop_queue_depth{model="reg"} 0.0',
         'mcdrop_mc_samples_total{model="reg"}',
-        'mcdrop_model_ready{model="clf"} 1',
+        'mcdrop_model_ready{model="clf"} 1.0',
         'mcdrop_predictions_total{model="reg",outcome="ok"}',
     ):
         assert name in text, name
@@ -365,7 +367,7 @@ _JSON = st.recursive(
 def test_parse_json_reads_bodies_as_the_standard_parser_does(value: Any) -> None:
     # parse_json takes orjson's fast path when it can; the result must be what json.loads
     # gives (integers beyond 64 bits kept exact, not turned into floats).
-    from service.runtime import parse_json
+    from service.body import parse_json
 
     body = json.dumps(value).encode()
     assert parse_json(body, 1000) == json.loads(body)
@@ -395,8 +397,9 @@ async def test_seeded_answers_do_not_depend_on_concurrent_load(tiny_repo: Path) 
                 assert np.allclose(a[key], b.json()[key], rtol=0, atol=1e-6), key
         m = c.app.state.metrics  # type: ignore[attr-defined]
         # 48 requests in fewer engine calls: the concurrent ones were batched together.
-        assert m.batch_requests.sum(model="clf") == 48 + 0 * m.batch_requests.count(model="clf")
-        assert m.batch_requests.count(model="clf") < 48 - 5
+        calls = m.value("mcdrop_batch_requests_count", model="clf")
+        assert m.value("mcdrop_batch_requests_sum", model="clf") == 48 + 0 * calls
+        assert calls < 48 - 5
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -417,7 +420,7 @@ async def test_unseeded_batched_requests_share_draws_unless_told_not_to(
         bodies = [a.json() for a in answers]
         assert all(a.status_code == 200 for a in answers)
         m = c.app.state.metrics  # type: ignore[attr-defined]
-        assert m.batch_requests.count(model="clf") < 12  # some requests were batched
+        assert m.value("mcdrop_batch_requests_count", model="clf") < 12  # some were batched
         seeds = [b["seed"] for b in bodies]
         if share:
             assert len(set(seeds)) < 12

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from svc_helpers import Server, start_server
+from helpers.live_server import ServerProcess as Server
+from helpers.live_server import metric, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "MCDROP_MAX_QUEUE_DELAY_MS": "20",
         "MCDROP_MAX_BODY_BYTES": "65536",
     }
-    s = start_server(tiny_repo, tmp_path_factory.mktemp("e2e") / "server.log", env)
+    s = start_server(tiny_repo, env, log_path=tmp_path_factory.mktemp("e2e") / "server.log")
     yield s
     s.stop()
 
@@ -265,3 +266,26 @@ def test_schemathesis_fuzzing_never_gets_a_5xx(server: Server) -> None:
         assert response.status_code == 200 or "error" in response.json()
 
     fuzz()
+
+
+@pytest.mark.slow
+def test_workers_share_one_metrics_view_and_clean_up(
+    server_factory: Any, tiny_repo: Path, tmp_path: Path
+) -> None:
+    """Under --workers every worker's /metrics shows the whole server (prometheus_client's
+    multiprocess mode); the folder the launcher made for it is gone after exit."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    s: Server = server_factory(tiny_repo, {"MCDROP_WORKERS": "2", "TMPDIR": str(scratch)})
+    assert [p.name for p in scratch.glob("mcdrop-metrics-*")], "no multiprocess folder"
+    n = 12
+    for i in range(n):  # new connections: uvicorn's workers share the socket
+        r = httpx.post(s.url + "/v1/models/reg/predict",
+                       json={"inputs": [ROW], "samples": 2, "seed": i}, timeout=20)  # fmt: skip
+        assert r.status_code == 200, r.text
+    name = 'mcdrop_predictions_total{model="reg",outcome="ok"}'
+    for _ in range(6):  # whichever worker answers, it reports both workers' requests
+        assert metric(s.url, name) == n
+        assert metric(s.url, 'mcdrop_model_ready{model="reg"}') == 1
+    s.stop()
+    assert not list(scratch.glob("mcdrop-metrics-*"))

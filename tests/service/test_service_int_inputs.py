@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from svc_helpers import app_client, make_settings
+from helpers.live_server import app_client
+from svc_helpers import make_settings
 
 from mcdrop.repository import Manifest, save_model
 

@@ -130,7 +130,7 @@ def test_devices_setting_shards_samples_and_keeps_answers(tmp_path: Path) -> Non
 def test_log_level_switches_the_access_lines(level: str, access_on: bool) -> None:
     import logging
 
-    from service.server import configure_logging
+    from service.launch import configure_logging
 
     access = logging.getLogger("mcdrop.access")
     saved = access.level, logging.getLogger("mcdrop").level

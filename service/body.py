@@ -1,0 +1,199 @@
+"""Request bodies: reading, JSON parsing with limits, and the wording of validation errors.
+
+Protocol-neutral apart from :func:`read_json`, which takes a Starlette request: every codec
+(v1 and v2 JSON today, the binary tensor extension next) starts from :func:`parse_json`'s
+object and reports schema errors through :func:`validate_body` / :func:`describe_error`,
+so all of them word an error the same way and never echo the value that was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import orjson
+import pydantic
+from starlette.requests import Request
+
+from service.errors import BadRequest, Unprocessable, UnsupportedMediaType
+
+__all__ = [
+    "parse_json",
+    "read_json",
+    "validate_body",
+    "describe_error",
+    "json_type",
+    "json_path",
+    "lookup",
+]
+
+_THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+BINARY_HEADER = "inference-header-content-length"
+
+
+def _reject_constant(token: str) -> Any:
+    raise BadRequest(
+        f"{token} is not valid JSON (NaN and Infinity are not numbers in JSON); "
+        "send finite numbers only"
+    )
+
+
+def parse_json(body: bytes, max_depth: int) -> Any:
+    """Parse a request body, refusing NaN/Infinity literals and nesting deeper than
+    ``max_depth``.
+
+    Raises
+    ------
+    BadRequest
+        Empty, not UTF-8, malformed, non-finite literal, or too deep.
+    """
+    if not body.strip():
+        raise BadRequest("the request body is empty; send a JSON object")
+    # orjson parses UTF-8 JSON several times faster; whatever it refuses (NaN literals,
+    # malformed or non-UTF-8 bodies, very deep nesting) goes to the standard parser, whose
+    # errors carry our messages. So do bodies with a run of 19 or more digits: orjson
+    # reads integers beyond 64 bits as floats, where the standard parser keeps them exact.
+    if _LONG_DIGITS.search(body) is not None:
+        obj = _parse_slow(body, max_depth)
+    else:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj = _parse_slow(body, max_depth)
+    # Nesting cannot exceed the number of opening brackets (those inside strings only
+    # raise the count): most bodies skip the walk, which costs a visit per number.
+    if body.count(b"[") + body.count(b"{") > max_depth:
+        _check_depth(obj, max_depth)
+    return obj
+
+
+def _parse_slow(body: bytes, max_depth: int) -> Any:
+    """:func:`parse_json`'s standard-library path (and its error messages)."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest(f"JSON is nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not UTF-8 encoded JSON") from None
+    except ValueError:  # an integer literal longer than Python converts (4,300 digits)
+        raise BadRequest("the request body holds a number too long to read") from None
+
+
+def _check_depth(obj: Any, max_depth: int) -> None:
+    if not isinstance(obj, (list, dict)):
+        return
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise BadRequest(f"JSON is nested deeper than {max_depth} levels")
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (list, dict)):
+                stack.append((child, depth + 1))
+
+
+def _check_content_type(request: Request) -> None:
+    """A declared Content-Type must be JSON; a missing one is read as JSON."""
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        shown = media[:60]
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got '{shown}' "
+            "(with curl: -H 'Content-Type: application/json')"
+        )
+
+
+async def read_json(request: Request, max_depth: int, *, v2: bool = False) -> Any:
+    """Read and parse the JSON body (size limits are enforced by the middleware).
+
+    v2 refuses the binary tensor extension with a clear 400 and accepts a missing
+    Content-Type (tritonclient sends none in JSON mode).
+    """
+    if v2 and BINARY_HEADER in request.headers:
+        raise BadRequest(
+            "only JSON is supported: this server does not implement the binary tensor "
+            "extension; send inputs and outputs with binary_data=False"
+        )
+    _check_content_type(request)
+    body = await request.body()
+    if len(body) > _THREAD_PARSE_BYTES:
+        return await anyio.to_thread.run_sync(parse_json, body, max_depth)
+    return parse_json(body, max_depth)
+
+
+# ------------------------------------------------------------------------------ wording
+
+
+def json_type(value: Any) -> str:
+    """How an error message names the JSON type of ``value`` ("a number", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def json_path(loc: Sequence[Any]) -> str:
+    """A pydantic location as a path: ``("inputs", 0, 2)`` -> ``inputs[0][2]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def lookup(obj: Any, loc: Sequence[Any]) -> Any:
+    """The value at ``loc`` inside parsed JSON, or None where there is none."""
+    for part in loc:
+        try:
+            obj = obj[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return obj
+
+
+def describe_error(err: Any, root: Any = None) -> str:
+    """One pydantic error as 'where: what, got <json type>' (never echoing the value).
+
+    ``root`` is the validated object (to name the JSON type found); None omits it.
+    """
+    loc = tuple(err.get("loc", ()))
+    where = json_path(loc) if loc else "body"
+    kind = err.get("type", "")
+    if kind == "missing":
+        return f"{where} is required"
+    if kind == "extra_forbidden":
+        return f"{where} is not a known field"
+    msg = f"{where}: {err.get('msg', 'invalid value')}"
+    return msg if root is None else f"{msg}, got {json_type(lookup(root, loc))}"
+
+
+def validate_body(model: type[pydantic.BaseModel], obj: Any) -> Any:
+    """Validate parsed JSON against a strict request schema (422 with a precise message)."""
+    if not isinstance(obj, dict):
+        raise Unprocessable(f"the request body must be a JSON object, got {json_type(obj)}")
+    try:
+        return model.model_validate(obj)
+    except pydantic.ValidationError as exc:
+        errs = exc.errors(include_url=False, include_input=False)
+        more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
+        raise Unprocessable(describe_error(errs[0], obj) + more) from None

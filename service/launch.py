@@ -1,0 +1,136 @@
+"""Launching the service: logging, the models folder, uvicorn (one or many workers).
+
+Shared by both engines: ``mcdrop serve`` (:mod:`service.server`) and the Ray Serve
+deployment (:mod:`service.ray_app`) import this module and not each other.
+
+SIGTERM/SIGINT under uvicorn: it stops accepting connections, lets in-flight requests
+finish for up to ``MCDROP_DRAIN_SECONDS`` (``timeout_graceful_shutdown``), then the
+lifespan shutdown stops each model's batcher after its queue is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.metrics import MULTIPROC_ENV
+from service.settings import ENV_PREFIX, Settings
+
+__all__ = [
+    "app_factory",
+    "configure_logging",
+    "find_model_folders",
+    "models_root",
+    "run_uvicorn",
+    "MANIFEST",
+]
+
+MANIFEST = "model.toml"
+
+
+def find_model_folders(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` holding a manifest (hidden and ``_`` folders skipped)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith((".", "_")) and (p / MANIFEST).is_file()
+    )  # fmt: skip
+
+
+def configure_logging(level: str) -> None:
+    """Log records of ``mcdrop.*`` to stderr; access lines (already JSON) as they are."""
+    handler_flag = "_mcdrop_handler"
+    lib = logging.getLogger("mcdrop")
+    if not any(getattr(h, handler_flag, False) for h in lib.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        setattr(h, handler_flag, True)
+        lib.addHandler(h)
+    lib.setLevel(level.upper())
+    access = logging.getLogger("mcdrop.access")
+    if not any(getattr(h, handler_flag, False) for h in access.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        setattr(h, handler_flag, True)
+        access.addHandler(h)
+    access.propagate = False
+    # Access lines are INFO records: "warning" and above turn them off, as in uvicorn.
+    access.setLevel(level.upper())
+
+
+def models_root(settings: Settings) -> Path | None:
+    """The resolved models folder, or None after telling the user it holds no model."""
+    root = Path(settings.models_dir).resolve()
+    if find_model_folders(root):
+        return root
+    print(
+        f"mcdrop serve: no models in {root}: expected one sub-folder per model with a "
+        f"{MANIFEST} (see docs/service.md). Train the default models or pass "
+        "--models-dir FOLDER.",
+        file=sys.stderr,
+    )
+    return None
+
+
+def app_factory() -> FastAPI:
+    """The app from ``MCDROP_*`` variables (uvicorn's factory for ``--workers`` > 1)."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+@contextmanager
+def _metrics_folder() -> Iterator[None]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for the workers: a fresh folder, removed afterwards
+    (one the user set is used as it is and kept)."""
+    if os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="mcdrop-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_uvicorn(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT: the app in this process, or ``settings.workers``
+    processes that each build it from the environment."""
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # mcdrop.access writes one JSON line per request
+        "timeout_graceful_shutdown": max(1, round(settings.drain_seconds)),
+        "lifespan": "on",
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        return
+    # Each worker process builds its own app from the environment.
+    for name, value in {
+        "models_dir": str(settings.models_dir), "host": settings.host,
+        "port": str(settings.port), "log_level": settings.log_level,
+        "workers": str(settings.workers),
+    }.items():  # fmt: skip
+        os.environ[ENV_PREFIX + name.upper()] = value
+    with _metrics_folder():
+        uvicorn.run(
+            "service.launch:app_factory",
+            factory=True,
+            workers=settings.workers,
+            **common,  # type: ignore[arg-type]
+        )
