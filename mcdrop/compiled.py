@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcdrop import _sampling
-from mcdrop._keyed import _keep_mask_torch
+from mcdrop.engine.masks import _keep_mask_torch
 
 __all__ = ["CompiledSuffix", "explicit_dropout", "rewrite"]
 

@@ -9,7 +9,7 @@ from helpers.tolerance import assert_close_f32
 from torch import nn
 
 from mcdrop import MCDropout
-from mcdrop._keyed import unit_keys
+from mcdrop.engine.masks import unit_keys
 from mcdrop._sampling import SamplingContext, sampling
 from mcdrop.compiled import CompiledSuffix, explicit_dropout, rewrite
 
