@@ -42,10 +42,12 @@ from typing import Any
 
 import httpx
 
-from service.testing import ServerProcess
-from service.testing import start_server as _start_server
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the one live-server harness: tests/helpers
+
+from helpers.live_server import ServerProcess  # noqa: E402
+from helpers.live_server import start_server as _start_server  # noqa: E402
+
 DEFAULT_MODELS = ROOT / "models"
 
 

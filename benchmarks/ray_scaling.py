@@ -43,10 +43,11 @@ from typing import Any
 
 import httpx
 
-from service.testing import free_port
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the one live-server harness: tests/helpers
+
+from helpers.live_server import free_port  # noqa: E402
 
 
 @dataclass
