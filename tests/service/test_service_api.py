@@ -373,6 +373,14 @@ def test_parse_json_reads_bodies_as_the_standard_parser_does(value: Any) -> None
     assert parse_json(body, 1000) == json.loads(body)
 
 
+async def test_an_integer_too_long_to_convert_is_a_400(client: httpx.AsyncClient) -> None:
+    # Python refuses integer literals over 4,300 digits (ValueError from json.loads).
+    body = b'{"inputs": [[' + b"9" * 5000 + b", 1, 2, 3]]}"
+    r = await client.post("/v1/models/reg/predict", content=body,
+                          headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and "too long" in r.json()["error"], r.text
+
+
 # ------------------------------------------------------------------------------ batching
 
 
