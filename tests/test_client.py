@@ -662,9 +662,14 @@ def test_service_every_method(server_url):
         rng = np.random.default_rng(0)
         for name, info in models.items():
             assert c.model(name) == info
-            x = rng.normal(size=(4, *info.input_shape))
+            if info.input_dtype == "int64":  # token ids (langid): int64 and int32 alike
+                x = rng.integers(0, 10, size=(4, *info.input_shape))
+                same = x.astype(np.int32)
+            else:
+                x = rng.normal(size=(4, *info.input_shape))
+                same = x.astype(np.float32)
             a = c.predict(name, x, samples=16, seed=11)
-            b = c.predict(name, x.astype(np.float32), samples=16, seed=11)
+            b = c.predict(name, same, samples=16, seed=11)
             assert a.model == name and a.samples == 16 and a.seed == 11
             assert a.mean.shape == a.std.shape == a.stderr.shape == (4, *info.output_shape)
             assert (a.variance >= 0).all()
@@ -673,7 +678,7 @@ def test_service_every_method(server_url):
                 assert (a.mutual_information >= -1e-9).all()
             else:
                 assert a.probs is None and a.epistemic_variance is not None
-            # float32 and float64 inputs of the same values give the same seeded answer
+            # float32/float64 (int32/int64) inputs of the same values: the same seeded answer
             np.testing.assert_array_equal(a.mean, b.mean)
         unseeded = c.predict("toy1d", [[0.0]], samples=8)
         again = c.predict("toy1d", [[0.0]], samples=8, seed=unseeded.seed)

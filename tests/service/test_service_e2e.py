@@ -240,7 +240,8 @@ def test_smoke_default_models(server_factory: Any, default_or_tiny_repo: Path) -
         models = c.get("/v1/models").json()["models"]
         assert models
         for m in models:
-            x = np.zeros((2, *m["input_shape"])).tolist()
+            dtype = np.int64 if m["input_dtype"] == "int64" else np.float64  # token ids
+            x = np.zeros((2, *m["input_shape"]), dtype=dtype).tolist()
             r = c.post(f"/v1/models/{m['name']}/predict", json={"inputs": x, "samples": 4})
             assert r.status_code == 200, r.text
             assert np.isfinite(np.asarray(r.json()["mean"], dtype=float)).all()
