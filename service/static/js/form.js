@@ -50,7 +50,8 @@ function answerTables(data, model, targets) {
           `predictive entropy ${fmt(data.predictive_entropy[r], 3)} · expected entropy ${fmt(data.expected_entropy[r], 3)} · ` +
           `mutual information ${fmt(data.mutual_information[r], 3)} nats · variation ratio ${fmt(data.variation_ratio[r], 3)}`)
       : null;
-    out.push(h("table", { class: "answer", "data-row": r }, h("caption", {}, caption), h("thead", {}, head), h("tbody", {}, body)), extra);
+    out.push(h("table", { class: "answer", "data-row": r }, h("caption", {}, caption), h("thead", {}, head), h("tbody", {}, body)));
+    if (extra) out.push(extra);
   });
   return out;
 }
@@ -59,7 +60,9 @@ export function mountForm(root, ctx) {
   const { model } = ctx;
   const shape = model.input_shape;
   const n = size(shape);
-  const textual = /str|text|bytes/i.test(model.input_dtype);
+  // Raw text: a string input, or a model that says it tokenizes text itself (takes_text).
+  const takesText = model.takes_text === true;
+  const textual = takesText || /str|text|bytes/i.test(model.input_dtype);
   const integer = /int/i.test(model.input_dtype);
   const ex = ctx.card?.examples;
   const exRows = (ex?.rows ?? []).filter((r) => r.length >= n && (textual || r.slice(0, n).every((v) => typeof v === "number")));
@@ -68,7 +71,7 @@ export function mountForm(root, ctx) {
   let targets = null; // test.csv targets of the row shown, if it came from there
 
   const jsonBox = h("textarea", { id: "json-input", rows: 6, spellcheck: "false", "aria-describedby": "json-help" });
-  const textBox = textual ? h("textarea", { id: "text-input", rows: 5, "aria-label": "Input text" }) : null;
+  const textBox = textual ? h("textarea", { id: "text-input", rows: 5 }) : null;
   const fields = useFields
     ? Array.from({ length: n }, (_, i) => h("input", {
         type: "number", step: integer ? "1" : "any", id: `field-${i}`, name: names?.[i] ?? `x${i}`, required: true,
@@ -94,6 +97,11 @@ export function mountForm(root, ctx) {
         throw new Error(`the JSON box does not hold valid JSON (${err.message})`);
       }
       return rows;
+    }
+    if (takesText) {
+      const lines = textBox.value.split("\n").filter((line) => line.trim() !== "");
+      if (!lines.length) throw new Error("type a text first (one text per line)");
+      return lines;
     }
     if (textual) return [shape.length ? [textBox.value] : textBox.value];
     return [fields.map((f, i) => {
@@ -128,7 +136,7 @@ export function mountForm(root, ctx) {
   const fieldBlock = useFields
     ? h("div", { class: "fields", id: "fields" }, fields.map((f, i) =>
         h("label", { for: f.id }, h("span", {}, names?.[i] ?? `x[${i}]`), f)))
-    : textual ? h("label", { class: "text-label" }, h("span", {}, "Input text"), textBox) : null;
+    : textual ? h("label", { class: "text-label" }, h("span", {}, takesText ? "Input text (one text per line, each its own row)" : "Input text"), textBox) : null;
   const jsonBlock = h("div", { class: "json", id: "json-block", hidden: mode !== "json" },
     h("label", { for: "json-input" }, "Inputs as JSON: a list of rows, each shaped ", h("code", {}, `[${shape.join(", ")}]`)),
     jsonBox,
@@ -165,9 +173,9 @@ export function mountForm(root, ctx) {
     fill(exRows[0]);
     targets = ex.columns.length > n ? [exRows[0].slice(n)] : null;
   } else {
-    jsonBox.value = JSON.stringify([textual ? "" : zeros(shape)]);
+    jsonBox.value = JSON.stringify([textual && !takesText ? "" : zeros(shape)]);
   }
   ctx.onParams(() => submit());
-  submit();
+  if (!(textual && textBox.value === "")) submit(); // an empty text box waits for the user
   return () => {};
 }

@@ -35,8 +35,8 @@ function askKey(message, wasWrong) {
   const dialog = $("key-dialog");
   const input = $("key-input");
   $("key-message").textContent = wasWrong
-    ? `The server refused the key (${message}). Try again.`
-    : `This server needs an API key (${message}).`;
+    ? `The server refused this key: “${message}”. Try again.`
+    : `This server asks for an API key (the MCDROP_API_KEY it was started with). It said: “${message}”`;
   input.value = "";
   return new Promise((resolve) => {
     const done = (value) => {
@@ -145,6 +145,13 @@ function viewFor(model) {
 }
 
 let current = null; // {name, unmount, alive}
+let inFlight = 0;
+
+// Predictions in flight, on <body data-pending>: tests (and styles) can tell a settled view.
+function pending(delta) {
+  inFlight += delta;
+  document.body.dataset.pending = String(inFlight);
+}
 
 async function select(model) {
   if (current) {
@@ -177,6 +184,7 @@ async function select(model) {
     onParams: (fn) => controls.listeners.add(fn),
     error: (err) => showError(err),
     async predict(inputs) {
+      pending(+1);
       try {
         const { data, ms } = await predict(model.name, inputs, controls.params());
         if (!state.alive) return null;
@@ -186,6 +194,8 @@ async function select(model) {
       } catch (err) {
         if (state.alive) showError(err, `Prediction (${model.name})`);
         return null;
+      } finally {
+        pending(-1);
       }
     },
   };

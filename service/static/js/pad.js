@@ -6,41 +6,45 @@
 import { fmt, h, liveRunner } from "./ui.js";
 
 const PAD = 256; // the drawing canvas, in CSS pixels
-const LINE = 20; // stroke width on the pad
+const LINE = 22; // stroke width on the pad (display only)
+const PEN = 3.5; // stroke width in the 32x32 bitmap
 const CELLS = 8;
 
-/** The 8x8 counts (0..16) of the strokes, centred and scaled into a 32x32 bitmap. */
+/**
+ * The 8x8 counts (0..16) of the strokes: the strokes' box is centred and scaled (aspect
+ * kept) into a 32x32 bitmap, drawn with a pen of fixed width in bitmap pixels (the data's
+ * strokes are 3-4 of their 32 pixels wide whatever the writer's size), thresholded to on/off,
+ * and the "on" pixels of each 4x4 block counted. Strokes: lists of [x, y] pad points.
+ */
 export function strokesToGrid(strokes) {
   const grid = new Array(CELLS * CELLS).fill(0);
   const pts = strokes.flat();
   if (!pts.length) return grid;
   const xs = pts.map((p) => p[0]);
   const ys = pts.map((p) => p[1]);
-  const half = LINE / 2;
-  const x0 = Math.min(...xs) - half;
-  const y0 = Math.min(...ys) - half;
-  const w = Math.max(...xs) + half - x0;
-  const hgt = Math.max(...ys) + half - y0;
-  const scale = 32 / Math.max(w, hgt);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  // A short scribble is not blown up to the whole box: below an eighth of the pad it
+  // keeps the scale of a stroke that long.
+  const scale = (32 - PEN) / Math.max(x1 - x0, y1 - y0, PAD / 8);
+  const map = ([x, y]) => [16 + (x - (x0 + x1) / 2) * scale, 16 + (y - (y0 + y1) / 2) * scale];
   const bitmap = document.createElement("canvas");
   bitmap.width = 32;
   bitmap.height = 32;
   const g = bitmap.getContext("2d", { willReadFrequently: true });
-  g.setTransform(scale, 0, 0, scale, (32 - w * scale) / 2 - x0 * scale, (32 - hgt * scale) / 2 - y0 * scale);
   g.lineCap = "round";
   g.lineJoin = "round";
-  g.lineWidth = LINE;
+  g.lineWidth = PEN;
   g.strokeStyle = "#000";
   g.fillStyle = "#000";
   for (const stroke of strokes) {
-    if (stroke.length === 1) {
-      g.beginPath();
-      g.arc(stroke[0][0], stroke[0][1], half, 0, 2 * Math.PI);
+    const path = stroke.map(map);
+    g.beginPath();
+    if (path.length === 1) {
+      g.arc(path[0][0], path[0][1], PEN / 2, 0, 2 * Math.PI);
       g.fill();
       continue;
     }
-    g.beginPath();
-    stroke.forEach(([x, y], i) => (i ? g.lineTo(x, y) : g.moveTo(x, y)));
+    path.forEach(([x, y], i) => (i ? g.lineTo(x, y) : g.moveTo(x, y)));
     g.stroke();
   }
   const alpha = g.getImageData(0, 0, 32, 32).data;
@@ -173,7 +177,7 @@ export function mountPad(root, ctx) {
     drawing = [at(ev)];
     strokes.push(drawing);
     if (source === "empty pad") source = "your drawing";
-    else if (!source.endsWith("+ your strokes")) source += " + your strokes";
+    else if (source !== "your drawing" && !source.endsWith("+ your strokes")) source += " + your strokes";
     update();
   });
   pad.addEventListener("pointermove", (ev) => {
