@@ -225,6 +225,7 @@ def _require_ray() -> None:
         )
 
 
+@pytest.mark.slow
 def test_import_without_ray_names_the_extra() -> None:
     """Without Ray, importing the engine fails with the install command in the message."""
     code = "import sys; sys.modules['ray'] = None; import service.ray_app"
@@ -283,6 +284,7 @@ def test_shipped_serve_config_is_valid() -> None:
     assert ray_app.app_builder({**app.args, "models_dir": str(ROOT / "models")}) is not None
 
 
+@pytest.mark.slow
 def test_main_serves_until_sigterm(tmp_path: Path) -> None:
     """What ``mcdrop serve --engine ray`` runs: serve, answer, exit 0 on SIGTERM."""
     _require_ray()
@@ -333,6 +335,7 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
 
 
+@pytest.mark.slow
 def test_predict_over_http_through_ray(ray_serve: RayServe) -> None:
     r = httpx.get(ray_serve.url + "/health/ready", timeout=10)
     assert r.status_code == 200, r.text
@@ -371,6 +374,7 @@ def test_predict_over_http_through_ray(ray_serve: RayServe) -> None:
     assert r.status_code == 404 and "error" in r.json()
 
 
+@pytest.mark.slow
 def test_seeded_answer_is_the_same_on_every_replica(ray_serve: RayServe) -> None:
     url = ray_serve.url + "/v1/models/mlp/predict"
     answers: dict[str, list[dict[str, Any]]] = {}
@@ -395,6 +399,7 @@ def test_seeded_answer_is_the_same_on_every_replica(ray_serve: RayServe) -> None
     assert not np.allclose(other["mean"], reference["mean"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_models_load_once_per_replica(ray_serve: RayServe) -> None:
     handle = serve.get_deployment_handle(ray_app.DEPLOYMENT_NAME, app_name="main")
     seen: dict[str, dict[str, Any]] = {}
@@ -416,6 +421,7 @@ def test_models_load_once_per_replica(ray_serve: RayServe) -> None:
     assert builds == pids, "each replica must build the model exactly once"
 
 
+@pytest.mark.slow
 def test_full_ray_queue_answers_503(ray_serve: RayServe) -> None:
     url = ray_serve.url + "/slow/v1/models/slow/predict"
     # max_ongoing=1 + max_queued=1: of 8 simultaneous requests at most 2 are admitted
@@ -436,6 +442,7 @@ def test_full_ray_queue_answers_503(ray_serve: RayServe) -> None:
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
 def test_clean_shutdown(ray_serve: RayServe) -> None:
     def replica_pids(repo: Path, model: str) -> set[int]:
         log = (repo / model / "builds.log").read_text().split()

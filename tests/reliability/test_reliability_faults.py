@@ -20,7 +20,7 @@ from helpers.live_server import ServerProcess as Server
 from helpers.live_server import metric, start_server
 from helpers.tolerance import assert_close_f32, value_scale
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # real servers start in seconds
 
 ROW = [0.5, -1.0, 2.0, 0.25]
 TIMEOUT_S = 1.2  # MCDROP_REQUEST_TIMEOUT_S of the module's server; sleepy takes 0.5 s a call

@@ -91,6 +91,7 @@ def _fuzz_operation(op: Any, seen: dict[str, set[int]]) -> None:
     fuzz()
 
 
+@pytest.mark.slow
 def test_schemathesis_every_route_never_5xx(asgi_schema: Any) -> None:
     ops = _operations(asgi_schema)
     labels = {f"{op.method.upper()} {op.path}" for op in ops}
@@ -103,6 +104,7 @@ def test_schemathesis_every_route_never_5xx(asgi_schema: Any) -> None:
     assert 422 in seen["POST /v2/models/{name}/infer"], seen["POST /v2/models/{name}/infer"]
 
 
+@pytest.mark.slow  # schemathesis' import and schema load take seconds
 def test_v2_infer_has_a_documented_request_body(asgi_schema: Any) -> None:
     """Generated v2 bodies need the schema to describe them (also for users of /docs)."""
     raw = asgi_schema.raw_schema
@@ -245,6 +247,7 @@ def loop_client(tiny_repo: Path) -> Iterator[Any]:
     loop.close()
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=600)
 @given(body=v1_bodies(), model=st.sampled_from(["reg", "clf"]), nan=st.booleans())
 def test_v1_predict_random_bodies(loop_client: Any, body: Any, model: str, nan: bool) -> None:
@@ -259,6 +262,7 @@ def test_v1_predict_random_bodies(loop_client: Any, body: Any, model: str, nan: 
         assert len(out["mean"]) == len(body["inputs"])
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=600)
 @given(body=v2_bodies(), model=st.sampled_from(["reg", "clf"]))
 def test_v2_infer_random_bodies(loop_client: Any, body: Any, model: str) -> None:

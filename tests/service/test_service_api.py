@@ -362,6 +362,7 @@ _JSON = st.recursive(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(value=_JSON)
 def test_parse_json_reads_bodies_as_the_standard_parser_does(value: Any) -> None:
@@ -484,6 +485,7 @@ async def test_full_queue_answers_503_with_retry_after(client: httpx.AsyncClient
     _error(full, 503, "requests waiting")
 
 
+@pytest.mark.slow  # about 10 s here: the queue is filled and drained for real
 async def test_full_queue_refuses_before_reading_the_body(tmp_path: Path) -> None:
     # While the queue is full, a request is refused before its body is parsed: even a
     # malformed body gets the 503 (parsing it would be wasted work past saturation).

@@ -17,7 +17,7 @@ import pytest
 from helpers.live_server import ServerProcess as Server
 from helpers.live_server import metric, start_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # real servers start in seconds
 
 KEY = "e2e-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -269,7 +269,6 @@ def test_schemathesis_fuzzing_never_gets_a_5xx(server: Server) -> None:
     fuzz()
 
 
-@pytest.mark.slow
 def test_workers_share_one_metrics_view_and_clean_up(
     server_factory: Any, tiny_repo: Path, tmp_path: Path
 ) -> None:
