@@ -13,12 +13,13 @@ import numpy as np
 import pydantic
 from pydantic import ConfigDict, TypeAdapter
 
+from mcdrop.errors import InvalidInputError
 from mcdrop.schemas import PredictRequest
 from service.body import json_path, json_type, lookup, validate_body
 from service.errors import Unprocessable
 from service.runtime import NP_DTYPES, Answer, InferRequest, ModelRuntime
 
-__all__ = ["decode", "encode", "model_info", "model_list"]
+__all__ = ["decode", "encode", "ids_from_texts", "model_info", "model_list"]
 
 _ADAPTERS: dict[tuple[str, int], TypeAdapter[Any]] = {}
 
@@ -44,8 +45,30 @@ def _shape_of(data: Any) -> list[int]:
     return shape
 
 
+def ids_from_texts(model: ModelRuntime, texts: list[Any], where: str) -> np.ndarray:
+    """Raw texts (a model whose folder has a tokenizer) -> token ids (B, L) int64.
+
+    The tokenizer (Rust, numpy out) never calls torch, so the event loop may run it.
+    """
+    model.check_rows(len(texts))
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise Unprocessable(
+                f"{where}[{i}] must be a string: send texts or token ids, not both "
+                f"(got {json_type(t)})"
+            )
+    try:
+        ids = model.loaded.tokenize(texts)["input_ids"]
+    except InvalidInputError as exc:
+        raise Unprocessable(f"{where}: {exc}") from None
+    return model.finish_array(ids, where)
+
+
 def rows_from_json(model: ModelRuntime, inputs: list[Any]) -> np.ndarray:
-    """v1 ``inputs`` (nested rows) -> array (B, *input_shape) of the model dtype."""
+    """v1 ``inputs`` (nested rows, or texts for a model with a tokenizer) -> array
+    (B, *input_shape) of the model dtype."""
+    if inputs and isinstance(inputs[0], str) and model.loaded.takes_text:
+        return ids_from_texts(model, inputs, "inputs")
     m = model.manifest
     shape = list(m.input_shape)
     if not inputs:

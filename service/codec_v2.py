@@ -20,6 +20,7 @@ from mcdrop.errors import ModelOutputError
 from mcdrop.fields import MAX_SEED
 from mcdrop.schemas import InferenceRequest
 from service.body import json_type, validate_body
+from service.codec_v1 import ids_from_texts
 from service.errors import BadRequest, Unprocessable
 from service.runtime import NP_DTYPES, Answer, InferRequest, ModelRuntime
 
@@ -119,6 +120,8 @@ def _input_array(model: ModelRuntime, req: InferenceRequest) -> np.ndarray:
         raise BadRequest("only JSON is supported: send the input with binary_data=False")
     if "shared_memory_region" in params:
         raise BadRequest("shared memory is not supported: send the input as JSON data")
+    if t.datatype == "BYTES":  # raw text, one string per row
+        return _text_input(model, t)
     kind = "int" if m.input_dtype == "int64" else "float"
     if t.datatype not in _INPUT_TYPES[kind]:
         raise Unprocessable(
@@ -155,6 +158,24 @@ def _input_array(model: ModelRuntime, req: InferenceRequest) -> np.ndarray:
     except OverflowError:
         raise Unprocessable(f"input '{t.name}' holds integers that do not fit int64") from None
     return model.finish_array(arr, f"input '{t.name}'")
+
+
+def _text_input(model: ModelRuntime, t: Any) -> np.ndarray:
+    """A BYTES input of texts -> token ids (B, L), for a model whose folder has a tokenizer."""
+    if not model.loaded.takes_text:
+        raise Unprocessable(
+            f"input '{t.name}' has datatype 'BYTES'; model '{model.name}' takes no text "
+            f"(send {_TYPE_NAME[model.manifest.input_dtype]})"
+        )
+    if t.shape[1:] not in ([], [1]) or not t.shape or t.data is None:
+        raise Unprocessable(
+            f"input '{t.name}' of BYTES (texts) must have shape [B] or [B, 1] and data, "
+            f"got shape {t.shape}"
+        )
+    texts = _flatten(t.data)
+    if len(texts) != t.shape[0]:
+        raise Unprocessable(f"input '{t.name}' has {len(texts)} texts but shape {t.shape}")
+    return ids_from_texts(model, texts, f"input '{t.name}' data")
 
 
 def _flatten(data: list[Any]) -> list[Any]:

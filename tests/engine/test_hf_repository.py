@@ -295,3 +295,32 @@ def test_served_to_the_python_client_with_numpy_int64(langid_server) -> None:
     body = {"inputs": ids.tolist(), "samples": 50, "seed": 1}
     raw = httpx.post(f"{langid_server.url}/v1/models/langid/predict", json=body, timeout=60)
     np.testing.assert_array_equal(res.probs, np.asarray(raw.json()["probs"]))
+
+
+def test_served_with_raw_text_v1_and_v2_bytes(langid_server) -> None:
+    import httpx
+
+    texts = json.loads((LANGID / "examples.json").read_text())["texts"]
+    url = langid_server.url
+    by_text = httpx.post(f"{url}/v1/models/langid/predict", timeout=60,
+                         json={"inputs": texts, "samples": 50, "seed": 1})  # fmt: skip
+    assert by_text.status_code == 200, by_text.text
+    by_ids = httpx.post(f"{url}/v1/models/langid/predict", timeout=60,
+                        json={"inputs": _ids().tolist(), "samples": 50, "seed": 1})  # fmt: skip
+    # The server's tokenizer gives the ids examples.json holds: the same seeded answer.
+    assert by_text.json()["probs"] == by_ids.json()["probs"]
+    assert min(by_text.json()["mutual_information"]) > 0
+    tensor = {"name": "input", "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+    v2_body = {"inputs": [tensor], "parameters": {"mc_samples": 50, "seed": 1}}
+    v2 = httpx.post(f"{url}/v2/models/langid/infer", json=v2_body, timeout=60)
+    assert v2.status_code == 200, v2.text
+    outs = {o["name"]: o for o in v2.json()["outputs"]}
+    assert outs["mutual_information"]["shape"] == [3]
+    probs_v2 = np.reshape(outs["probs"]["data"], (3, 5))  # FP32 out: float32 rounding
+    np.testing.assert_allclose(probs_v2, by_text.json()["probs"], rtol=1e-6)
+    # Texts and ids mixed, or a BYTES tensor of the wrong shape: 422 saying what to send.
+    mixed = httpx.post(f"{url}/v1/models/langid/predict", json={"inputs": ["hello", [2, 3]]})
+    assert mixed.status_code == 422 and "inputs[1] must be a string" in mixed.json()["error"]
+    bad = dict(tensor, shape=[1, 3])
+    r = httpx.post(f"{url}/v2/models/langid/infer", json={"inputs": [bad]})
+    assert r.status_code == 422 and "shape [B] or [B, 1]" in r.json()["error"]
