@@ -312,6 +312,15 @@ def _scan(value: list[Any] | tuple[Any, ...]) -> str | None:
     return None
 
 
+def _texts(inputs: Any) -> list[str] | None:
+    """Raw texts (a list of strings, one per row, for a model with a tokenizer), else None."""
+    if not isinstance(inputs, (list, tuple)) or not inputs or not isinstance(inputs[0], str):
+        return None
+    if not all(isinstance(t, str) for t in inputs):
+        raise InputError("inputs mix texts and numbers: send one text per row, or numbers only")
+    return list(inputs)
+
+
 def _checked(check: Any, value: Any, name: str) -> int:
     """A :mod:`mcdrop.fields` check whose error is raised as this module's InputError."""
     try:
@@ -331,7 +340,8 @@ def predict_body(inputs: Any, samples: int | None, seed: int | None, return_samp
             "return_samples=True: the v1 predict API of this mcdrop version cannot return "
             "the raw Monte Carlo draws"
         )
-    payload: dict[str, Any] = {"inputs": as_array(inputs)}
+    texts = _texts(inputs)
+    payload: dict[str, Any] = {"inputs": as_array(inputs) if texts is None else texts}
     if samples is not None:
         payload["samples"] = _checked(check_samples, samples, "samples")
     if seed is not None:
@@ -341,7 +351,8 @@ def predict_body(inputs: Any, samples: int | None, seed: int | None, return_samp
     # orjson writes numpy arrays itself (C-contiguous, native-endian ones), about 10x faster
     # than tolist() + json; int64 arrays become JSON integers, float64 ones JSON floats;
     # non-finite values were rejected above.
-    payload["inputs"] = np.ascontiguousarray(payload["inputs"])
+    if texts is None:
+        payload["inputs"] = np.ascontiguousarray(payload["inputs"])
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

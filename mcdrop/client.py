@@ -219,9 +219,12 @@ class Client(ClientBase):
         ----------
         model : str
             Name of a served model.
-        inputs : array-like (B, *F)
-            Nested lists, a numpy array of any int/float dtype or a torch tensor. Rows with
-            NaN or infinite values are rejected here, before anything is sent.
+        inputs : array-like (B, *F), or list of str (B,)
+            Nested lists, a numpy array of any int/float dtype or a torch tensor. Integers
+            (Python ints, integer dtypes) are sent as JSON integers, so int64 (token id)
+            models can be queried; floats as floats. Rows with NaN or infinite values,
+            booleans and integers outside int64 are rejected here, before anything is
+            sent. A list of strings is sent as raw texts, for a model that tokenizes.
         samples : int, optional
             Monte Carlo samples per row (server default when omitted).
         seed : int, optional

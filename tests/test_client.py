@@ -253,6 +253,16 @@ def test_integer_inputs_refused_with_a_reason(inputs, match):
     assert not rec.requests
 
 
+def test_texts_are_sent_as_strings_and_never_mixed_with_numbers():
+    rec = Recorder(ok(REGRESSION))
+    with client_for(rec) as c:
+        c.predict("m", ["hello world", "hola mundo"], seed=1)
+        with pytest.raises(InputError, match="mix texts and numbers"):
+            c.predict("m", ["hello", 3])
+    assert len(rec.requests) == 1
+    assert rec.bodies[0] == {"inputs": ["hello world", "hola mundo"], "seed": 1}
+
+
 def test_torch_bool_tensor_refused():
     torch = pytest.importorskip("torch")
     rec = Recorder(ok(REGRESSION))

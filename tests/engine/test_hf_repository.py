@@ -291,10 +291,13 @@ def test_served_to_the_python_client_with_numpy_int64(langid_server) -> None:
     ids = _ids().astype(np.int64)
     with Client(langid_server.url) as c:
         res = c.predict("langid", ids, samples=50, seed=1)
+        texts = json.loads((LANGID / "examples.json").read_text())["texts"]
+        by_text = c.predict("langid", texts, samples=50, seed=1)  # the server tokenizes
     assert res.probs.shape == (3, 5) and (res.mutual_information > 0).all()
     body = {"inputs": ids.tolist(), "samples": 50, "seed": 1}
     raw = httpx.post(f"{langid_server.url}/v1/models/langid/predict", json=body, timeout=60)
     np.testing.assert_array_equal(res.probs, np.asarray(raw.json()["probs"]))
+    np.testing.assert_array_equal(by_text.probs, res.probs)
 
 
 def test_served_with_raw_text_v1_and_v2_bytes(langid_server) -> None:
