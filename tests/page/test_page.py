@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Tab, open_tab
 from helpers.tolerance import assert_close_f32
+from page_harness import Tab, open_tab
 
 pytestmark = pytest.mark.e2e
 

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers.live_server import MODELS_DIR, app_client
+from helpers.live_server import MODELS_DIR, live_server
 
 from service.page import EXAMPLE_ROWS, STATIC_DIR
-from service.settings import Settings
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
+# Plain threads and a sync client: these tests share the session with playwright's sync API.
 
 
 @pytest.fixture(scope="module")
@@ -39,28 +33,28 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def client(repo: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(Settings(models_dir=repo, log_level="warning")) as c:
+def client(repo: Path) -> Iterator[httpx.Client]:
+    with live_server(models_dir=repo) as url, httpx.Client(base_url=url) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-async def keyed(repo: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(Settings(models_dir=repo, api_key="k3y", log_level="warning")) as c:
+def keyed(repo: Path) -> Iterator[httpx.Client]:
+    with live_server(api_key="k3y", models_dir=repo) as url, httpx.Client(base_url=url) as c:
         yield c
 
 
-async def test_index_and_every_file_it_names_are_served_with_the_policy(
-    client: httpx.AsyncClient,
+def test_index_and_every_file_it_names_are_served_with_the_policy(
+    client: httpx.Client,
 ) -> None:
-    r = await client.get("/")
+    r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "connect-src 'self'" in r.headers["content-security-policy"]
     assert re.findall(r"https?://", r.text) == []
     names = {p.relative_to(STATIC_DIR).as_posix() for p in STATIC_DIR.rglob("*") if p.is_file()}
     assert {"index.html", "style.css", "js/main.js"} <= names
     for name in sorted(names):
-        asset = await client.get(f"/static/{name}")
+        asset = client.get(f"/static/{name}")
         assert asset.status_code == 200, name
         assert asset.content == (STATIC_DIR / name).read_bytes()
         if name.endswith(".js"):
@@ -74,14 +68,14 @@ async def test_index_and_every_file_it_names_are_served_with_the_policy(
 @pytest.mark.parametrize(
     "path", ["/static/nope.js", "/static/../page.py", "/static/%2e%2e/page.py", "/static/"]
 )
-async def test_unknown_static_files_are_404_json(client: httpx.AsyncClient, path: str) -> None:
-    r = await client.get(path)
+def test_unknown_static_files_are_404_json(client: httpx.Client, path: str) -> None:
+    r = client.get(path)
     assert r.status_code == 404
     assert "error" in r.json()
 
 
-async def test_card_of_a_complete_folder(client: httpx.AsyncClient) -> None:
-    r = await client.get("/v1/models/toy1d/card")
+def test_card_of_a_complete_folder(client: httpx.Client) -> None:
+    r = client.get("/v1/models/toy1d/card")
     assert r.status_code == 200
     card = r.json()
     assert card["readme"] == (MODELS_DIR / "toy1d" / "README.md").read_text(encoding="utf-8")
@@ -92,22 +86,22 @@ async def test_card_of_a_complete_folder(client: httpx.AsyncClient) -> None:
     assert ex["rows"] == [[float(v) for v in line.split(",")] for line in lines][:EXAMPLE_ROWS]
 
 
-async def test_card_of_a_rough_folder_leaves_out_what_it_cannot_read(
-    client: httpx.AsyncClient,
+def test_card_of_a_rough_folder_leaves_out_what_it_cannot_read(
+    client: httpx.Client,
 ) -> None:
-    card = (await client.get("/v1/models/rough/card")).json()
+    card = (client.get("/v1/models/rough/card")).json()
     assert card["readme"] is None and card["metrics"] is None
     rows = card["examples"]["rows"]
     assert rows[:2] == [[1.5, "nan"], ["abc", 2.0]]  # non-finite stays text; ragged row dropped
     assert len(rows) == EXAMPLE_ROWS
 
 
-async def test_card_errors(client: httpx.AsyncClient, keyed: httpx.AsyncClient) -> None:
-    r = await client.get("/v1/models/missing/card")
+def test_card_errors(client: httpx.Client, keyed: httpx.Client) -> None:
+    r = client.get("/v1/models/missing/card")
     assert r.status_code == 404 and "no model named 'missing'" in r.json()["error"]
-    r = await keyed.get("/v1/models/toy1d/card")
+    r = keyed.get("/v1/models/toy1d/card")
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
-    r = await keyed.get("/v1/models/toy1d/card", headers={"Authorization": "Bearer k3y"})
+    r = keyed.get("/v1/models/toy1d/card", headers={"Authorization": "Bearer k3y"})
     assert r.status_code == 200 and r.json()["examples"] is not None
     # The page itself loads without a key: it asks for one when the API does.
-    assert (await keyed.get("/")).status_code == 200
+    assert keyed.get("/").status_code == 200
