@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from mcdrop.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,3 +44,104 @@ def test_bench_help_runs(capsys: pytest.CaptureFixture[str]) -> None:
         main(["bench", "--help"])
     assert info.value.code == 0
     assert "--precision" in capsys.readouterr().out
+
+
+def test_version_and_python_dash_m(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import mcdrop
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"mcdrop {mcdrop.__version__}\n"
+    res = subprocess.run([sys.executable, "-m", "mcdrop", "--version"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0 and res.stdout == f"mcdrop {mcdrop.__version__}\n", res.stderr
+    res = subprocess.run([sys.executable, "-m", "mcdrop", "bogus"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_default_models_dir_is_the_checkout_models_folder() -> None:
+    from mcdrop.repository import default_models_dir
+
+    assert default_models_dir() == ROOT / "models"
+    assert {"concrete", "digits", "toy1d"} <= {
+        p.parent.name for p in ROOT.glob("models/*/model.toml")
+    }
+
+
+def test_the_wheel_carries_the_default_models(tmp_path: Path) -> None:
+    wheel = _build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for model in ROOT.glob("models/*/model.toml"):
+        for f in model.parent.iterdir():
+            if f.is_file() and f.suffix != ".pyc":
+                assert f"mcdrop/default_models/{model.parent.name}/{f.name}" in names, f
+    assert not [n for n in names if "__pycache__" in n]
+    # every package of the source tree is in it (setup.py finds them)
+    for init in [*ROOT.glob("mcdrop/**/__init__.py"), *ROOT.glob("service/**/__init__.py")]:
+        assert init.relative_to(ROOT).as_posix() in names, init
+
+
+@pytest.mark.slow
+def test_pip_install_then_serve_from_another_folder(tmp_path: Path) -> None:
+    """A user's `pip install` into a fresh venv: `mcdrop serve` serves the default models."""
+    wheel = _build_wheel(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), str(wheel)], check=True,
+                   timeout=600)  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCDROP_", "PYTHON"))}
+    mcdrop_cmd = str(venv / "bin" / "mcdrop")
+    res = subprocess.run([mcdrop_cmd, "--version"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.startswith("mcdrop "), res.stderr
+    # the installed copy, not this checkout
+    probe = [str(py), "-c", "import mcdrop; print(mcdrop.__file__)"]
+    where = subprocess.run(probe, cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert str(venv) in where.stdout, where.stdout + where.stderr
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([mcdrop_cmd, "serve", "--port", str(port)], cwd=elsewhere,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        body = _wait_ready(f"http://127.0.0.1:{port}/health/ready", proc, timeout=120)
+        assert {"concrete", "digits", "toy1d"} <= set(body["models"]), body
+        # a plain install has no optional extras: only models that need one may be missing,
+        # and their reason says which to install
+        for name, why in body["failures"].items():
+            assert "pip install 'mcdrop[" in why, (name, why)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    out = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(ROOT)], check=True,
+                   timeout=300)  # fmt: skip
+    (wheel,) = out.glob("mcdrop-*.whl")
+    return wheel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mcdrop serve exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except (OSError, ValueError):
+            time.sleep(0.5)
+    raise AssertionError(f"{url} not ready within {timeout} s")
