@@ -38,7 +38,8 @@ names the extra, and the other models still load.
 
 The served module (:class:`TransformersModule`) takes one tensor, ``input_ids`` (B, L)
 int64, and derives the attention mask from the padding id (``attention_mask = input_ids !=
-pad_token_id``), because the service passes one input tensor per row. Its
+pad_token_id``), because the service passes one input tensor per row; a row of padding
+only attends to its first position (never a fully masked row). Its
 :meth:`~TransformersModule.tokenize` turns raw text into those ids when the folder has a
 tokenizer.
 """
@@ -154,7 +155,12 @@ class TransformersModule(nn.Module):
         if self.pad_token_id is None:
             mask = torch.ones_like(input_ids)
         else:
-            mask = (input_ids != self.pad_token_id).long()
+            mask = (input_ids != self.pad_token_id).long()  # (B, L)
+            # A row of padding only attends to its first position: transformers treats a
+            # fully masked row differently in train and eval mode, so one such row would
+            # make MC mode's gate probe leave attention dropout off (and its output is
+            # undefined anyway). Rows holding any token are unchanged.
+            mask[:, 0] |= (mask.sum(dim=1) == 0).long()
         out = self.model(input_ids=input_ids, attention_mask=mask, return_dict=True)
         return out[self.output]
 

@@ -327,3 +327,24 @@ def test_served_with_raw_text_v1_and_v2_bytes(langid_server) -> None:
     bad = dict(tensor, shape=[1, 3])
     r = httpx.post(f"{url}/v2/models/langid/infer", json={"inputs": [bad]})
     assert r.status_code == 422 and "shape [B] or [B, 1]" in r.json()["error"]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_a_row_of_padding_first_does_not_switch_attention_dropout_off(
+    tmp_path: Path, attn: str
+) -> None:
+    """All-[PAD] rows are never fully masked, so the gate probe on a first batch holding
+    one still finds the attention module's flag to switch on dropout only (with SDPA, a
+    fully masked row takes another path in eval mode than in train mode)."""
+    from mcdrop import _gated
+
+    first = load_model(make_folder(tmp_path / "a", attn=attn))
+    fresh = first.predictor().predict(IDS, samples=64, seed=5)
+    lm = load_model(make_folder(tmp_path / "b", attn=attn))
+    batch = torch.cat([torch.zeros_like(IDS[:1]), IDS])  # (3, 8), row 0 all padding
+    out = lm.predictor().predict(batch, samples=64, seed=5)
+    att = lm.module.model.bert.encoder.layer[0].attention.self
+    decision = _gated.decision(att)
+    assert decision is not None and decision.sampled, decision
+    torch.testing.assert_close(out.probs[1:], fresh.probs, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(out.probs[0]).all()
