@@ -145,3 +145,47 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> dict
         except (OSError, ValueError):
             time.sleep(0.5)
     raise AssertionError(f"{url} not ready within {timeout} s")
+
+
+def _dev_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """scripts/dev.py as a module, its .venv and lock moved into ``tmp_path``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mcdrop_dev_script", ROOT / "scripts/dev.py")
+    assert spec and spec.loader
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    monkeypatch.setattr(dev, "VENV", tmp_path / ".venv")
+    monkeypatch.setattr(dev, "LOCK", tmp_path / ".venv.lock")
+    return dev
+
+
+def test_dev_script_says_how_to_get_venv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = _dev_script(monkeypatch, tmp_path)
+    real = dev.importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "ensurepip" else real(name, *args)
+
+    monkeypatch.setattr(dev.importlib.util, "find_spec", find_spec)
+    assert dev.create_venv() is False
+    err = capsys.readouterr().err
+    assert "sudo apt install python3-venv" in err and "ensurepip is not available" in err
+    assert not (tmp_path / ".venv").exists()
+
+
+def test_dev_script_lock_makes_a_second_command_wait(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dev = _dev_script(monkeypatch, tmp_path)
+    # another process tries the lock while this one holds it
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got it')\n"
+             "except BlockingIOError:\n    print('busy')")  # fmt: skip
+    lock = str(tmp_path / ".venv.lock")
+    with dev.locked():
+        held = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True)
+    after = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True)
+    assert (held.stdout.strip(), after.stdout.strip()) == ("busy", "got it")
