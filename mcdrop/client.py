@@ -43,8 +43,8 @@ reached, times out or answers 503, and never retry. They still raise for answers
 a wrong configuration (401/403, 404), so a typo in the URL does not look like "not ready".
 
 Besides httpx and numpy this module imports only :mod:`mcdrop.schemas` (the wire types it
-shares with the service) and :mod:`mcdrop.errors`; torch tensors are accepted by duck typing
-(``.detach().cpu().numpy()``), torch is never imported here.
+shares with the service), :mod:`mcdrop.errors` and :mod:`mcdrop.fields`; torch tensors are
+accepted by duck typing (``.detach().cpu().numpy()``), torch is never imported here.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ from mcdrop._client_core import (
     parse_models,
     parse_predict,
     parse_retry_after,
-    predict_body,
 )
+from mcdrop._client_encode import predict_body
 from mcdrop.schemas import ModelInfo
 
 __all__ = [

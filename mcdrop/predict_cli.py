@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from mcdrop._client_core import as_array
+from mcdrop._client_encode import as_array
 from mcdrop.client import Client, ClientError, InputError, ModelInfo, PredictResult
 
 __all__ = ["main", "load_inputs", "format_table"]
