@@ -12,6 +12,9 @@ is not numeric is taken as a header). JSON integers and integer ``.npy`` arrays 
 integers (token ids for an ``int64`` model), floats as floats. A CSV row holds one input
 flattened, ``prod(input_shape)`` values, as ``mcdrop evaluate`` reads it: it is reshaped to
 the model's input shape, and for an ``int64`` model its values must be whole numbers.
+A ``.json`` list of strings (``["hello there", "hola"]``, or ``{"inputs": [...]}``) holds raw
+texts, one per row, for a model whose folder has a tokenizer (``langid``): they are sent
+as strings and the server turns them into token ids.
 
 The table shows ``mean ± std`` per output for regression and the predicted class, its
 probability, the predictive entropy and the mutual information for classifiers; ``--json``
@@ -93,7 +96,7 @@ def load_inputs(
         raise
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise InputFileError(f"cannot read {path.name!r} as {suffix[1:]}: {exc}") from exc
-    if arr.dtype.kind not in "iuf":
+    if arr.dtype.kind not in "iuf" and not (suffix == ".json" and arr.dtype.kind == "U"):
         raise InputFileError(f"{path.name!r} does not hold numbers (dtype {arr.dtype})")
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise InputFileError(f"{path.name!r} holds no rows")
@@ -106,6 +109,8 @@ def _load_json(path: Path) -> np.ndarray:
         if "inputs" not in data:
             raise InputFileError(f"{path.name!r}: a JSON object must have an 'inputs' key")
         data = data["inputs"]
+    if isinstance(data, list) and data and all(isinstance(t, str) for t in data):
+        return np.asarray(data, dtype=str)  # raw texts, one per row
     try:
         floats = np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -280,7 +285,9 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
     csv_input = Path(args.input).suffix.lower() == ".csv"
     try:  # read and checked before connecting: a bad file fails without a request
         x = load_inputs(args.input)
-        as_array(x)
+        texts = x.dtype.kind == "U"  # a JSON list of strings
+        if not texts:
+            as_array(x)
     except InputFileError as exc:
         return _fail(str(exc), 2)
     except InputError as exc:
@@ -291,7 +298,8 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
             info = _model_info(c, args.model) if csv_input else None
             if info is not None:
                 x = _fit_model(x, Path(args.input), info.input_shape, info.input_dtype)
-            res = c.predict(args.model, x, samples=args.samples, seed=args.seed)
+            rows = x.tolist() if texts else x
+            res = c.predict(args.model, rows, samples=args.samples, seed=args.seed)
             if info is None and not args.json:
                 info = _model_info(c, args.model)
     except InputFileError as exc:

@@ -348,3 +348,23 @@ def test_a_row_of_padding_first_does_not_switch_attention_dropout_off(
     assert decision is not None and decision.sampled, decision
     torch.testing.assert_close(out.probs[1:], fresh.probs, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(out.probs[0]).all()
+
+
+def test_served_to_mcdrop_predict_with_a_json_list_of_texts(langid_server, tmp_path, capsys):
+    from mcdrop.predict_cli import main
+
+    texts = json.loads((LANGID / "examples.json").read_text())["texts"]
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps(texts))
+    argv = ["--url", langid_server.url, "--model", "langid", "--input", str(path), "--seed", "1"]
+    assert main([*argv, "--samples", "50", "--json"]) == 0
+    by_text = json.loads(capsys.readouterr().out)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, _ids())
+    assert main(["--url", langid_server.url, "--model", "langid", "--input", str(ids),
+                 "--seed", "1", "--samples", "50", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["probs"] == by_text["probs"]
+    assert main(argv) == 0  # the table names the languages
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split() == ["row", "class", "prob", "entropy", "MI"]
+    assert table[2].split()[1] == "english" and table[3].split()[1] == "spanish"
