@@ -89,7 +89,8 @@ def test_pip_install_then_serve_from_another_folder(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # --no-compile: bytecode for all of torch is most of the install time, and not under test
+    pip = [str(py), "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
     subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), str(wheel)], check=True,
                    timeout=600)  # fmt: skip
     elsewhere = tmp_path / "elsewhere"
