@@ -124,7 +124,9 @@ def install(extra: str) -> bool:
     """pip-install mcdrop (editable) with ``extra``, showing pip's own progress."""
     what = "mcdrop and the development tools (dev extra)" if extra else "mcdrop for serving"
     say(f"installing {what}; torch pinned by constraints.txt")
-    cmd = [str(PY), "-m", "pip", "install", "--disable-pip-version-check"]
+    # --no-compile: byte-compiling all of torch took most of the install; Python compiles
+    # what it imports on first use instead.
+    cmd = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "--no-compile"]
     cmd += ["-c", str(ROOT / "constraints.txt")]
     if torch_index():
         say(f"torch may come from {torch_index()} ({TORCH_INDEX_ENV})")
