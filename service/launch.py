@@ -48,22 +48,23 @@ def find_model_folders(root: Path) -> list[Path]:
     )  # fmt: skip
 
 
+def _attach_stderr(logger: logging.Logger, fmt: str) -> None:
+    """One stderr handler of ours on ``logger`` (a second call adds none)."""
+    flag = "_mcdrop_handler"
+    if not any(getattr(h, flag, False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter(fmt))
+        setattr(h, flag, True)
+        logger.addHandler(h)
+
+
 def configure_logging(level: str) -> None:
     """Log records of ``mcdrop.*`` to stderr; access lines (already JSON) as they are."""
-    handler_flag = "_mcdrop_handler"
     lib = logging.getLogger("mcdrop")
-    if not any(getattr(h, handler_flag, False) for h in lib.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        setattr(h, handler_flag, True)
-        lib.addHandler(h)
+    _attach_stderr(lib, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     lib.setLevel(level.upper())
     access = logging.getLogger("mcdrop.access")
-    if not any(getattr(h, handler_flag, False) for h in access.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        setattr(h, handler_flag, True)
-        access.addHandler(h)
+    _attach_stderr(access, "%(message)s")
     access.propagate = False
     # Access lines are INFO records: "warning" and above turn them off, as in uvicorn.
     access.setLevel(level.upper())
