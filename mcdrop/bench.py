@@ -6,8 +6,11 @@ Each model is timed with
   - ``replicate``: the input repeated S times through the whole model in one pass, under
     ``mc_mode`` (what torch-uncertainty's ``on_batch`` mode and baal do);
   - ``torch_uncertainty``: its own ``mc_dropout(on_batch=True)`` when it is installed;
-  - ``mcdrop``: :class:`~mcdrop.MCPredictor` (split prefix, chunked, keyed masks), and
-    ``mcdrop_nosplit`` with the prefix split turned off.
+  - ``gemm_floor``: the same S x B rows through the model in eval mode (no dropout), in
+    chunks of 4,096 rows: the arithmetic of MC dropout without the masks, its floor;
+  - ``mcdrop``: :class:`~mcdrop.MCPredictor` (split prefix, chunked, keyed masks),
+    ``mcdrop_nosplit`` with the prefix split turned off, and ``mcdrop_compile`` with
+    ``compile=True`` (its compilation is paid in the untimed warm-up call).
 Times are medians over repeats with the spread (min, max); peak memory is measured in a
 fresh subprocess per configuration (peak RSS growth on CPU, ``max_memory_allocated`` on
 CUDA). Run ``python benchmarks/engine.py --help`` or ``mcdrop bench --help``.
@@ -62,6 +65,15 @@ class ConvNet(nn.Module):
         return self.fc(self.drop(h))
 
 
+def dropout_mlp(sizes: list[int], p: float = 0.1) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ReLU and dropout after every hidden one."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(p)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
 def mlp(width: int, depth: int, n_in: int = 128) -> nn.Sequential:
     layers: list[nn.Module] = []
     d = n_in
@@ -103,6 +115,14 @@ def cases(size: str) -> list[Case]:
         Case("cnn", lambda: ConvNet(16, 10), (16, 3, 32, 32), 100, "classification"),
         Case("mlp", lambda: mlp(512, 4), (64, 128), 100, "regression"),
         Case("transformer", lambda: Encoder(64, 2, 4), (4, 32, 64), 50, "regression"),
+        # issue 19's CPU target: dropout after every layer, the GEMMs dominate
+        Case(
+            "mlp_wide",
+            lambda: dropout_mlp([64, 512, 512, 512, 10]),
+            (256, 64),
+            100,
+            "classification",
+        ),  # fmt: skip
     ]
 
 
@@ -146,6 +166,16 @@ def run_strategy(
                 return _summ(model(xr).float().view(s, x.shape[0], -1), task)
 
         return rep
+    if name == "gemm_floor":
+
+        def floor() -> Any:
+            model.eval()
+            with torch.inference_mode(), ac:
+                xr = x.repeat(s, *([1] * (x.dim() - 1)))
+                ys = [model(c).float() for c in xr.split(max(1, 4096 // len(x) * len(x)))]
+                return torch.cat(ys).view(s, x.shape[0], -1).mean(0)
+
+        return floor
     if name == "torch_uncertainty":
         tu_mc_dropout = _torch_uncertainty_mc_dropout()
         assert tu_mc_dropout is not None
@@ -168,6 +198,7 @@ def run_strategy(
         precision=precision,  # type: ignore[arg-type]
         split="off" if name == "mcdrop_nosplit" else "auto",
         max_samples=max(s, 10_000),
+        compile=name == "mcdrop_compile",
     )
 
     def mc() -> Any:
@@ -200,7 +231,8 @@ def _torch_uncertainty_mc_dropout() -> Callable[..., nn.Module] | None:
 
 
 def strategies() -> list[str]:
-    names = ["deterministic", "loop", "replicate", "mcdrop", "mcdrop_nosplit"]
+    names = ["deterministic", "gemm_floor", "loop", "replicate", "mcdrop", "mcdrop_nosplit",
+             "mcdrop_compile"]  # fmt: skip
     if _torch_uncertainty_mc_dropout() is not None:
         names.insert(3, "torch_uncertainty")
     return names
@@ -212,6 +244,13 @@ def _mean_variance(result: Any) -> float | None:
         return float(result[1].double().mean())
     var = getattr(result, "variance", None)
     return None if var is None else float(var.double().mean())
+
+
+def _ratio(rows: dict[str, dict[str, float | None]], a: str, b: str) -> float:
+    """Median time of strategy ``a`` over that of ``b``."""
+    ta, tb = rows[a]["median_ms"], rows[b]["median_ms"]
+    assert ta is not None and tb is not None
+    return round(ta / tb, 2)
 
 
 def time_it(fn: Callable[[], Any], repeats: int, device: torch.device) -> dict[str, float]:
@@ -354,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             "samples": case.samples,
             "times": rows,
             "mcdrop_speedup_vs_best_peer": round(best_peer / rows["mcdrop"]["median_ms"], 2),  # type: ignore[operator]
+            "compile_x_floor": _ratio(rows, "mcdrop_compile", "gemm_floor"),
+            "eager_x_floor": _ratio(rows, "mcdrop", "gemm_floor"),
         }
         if not ns.no_memory:
             mem = {
@@ -390,6 +431,8 @@ def print_tables(results: dict[str, Any]) -> None:
                 f"{r['x_deterministic']:.2f} | {shown} |"
             )
         print(f"mcdrop speed-up over the best peer strategy: {e['mcdrop_speedup_vs_best_peer']}x")
+        print(f"against the GEMM floor: eager {e['eager_x_floor']}x, compiled "
+              f"{e['compile_x_floor']}x")  # fmt: skip
         if "peak_mib" in e:
             print("peak memory (MiB): " + ", ".join(f"{k} {v}" for k, v in e["peak_mib"].items()))
 

@@ -74,6 +74,7 @@ class EngineConfig:
     precision: Precision = Precision.FP32
     split: SplitMode = SplitMode.AUTO
     max_samples: int = 10_000
+    compile: bool = False
 
     def __post_init__(self) -> None:
         task = _member(Task, self.task, "task must be 'regression' or 'classification'")
@@ -87,6 +88,8 @@ class EngineConfig:
             raise InvalidInputError(f"tau must be a positive finite number, got {tau!r}")
         if self.max_rows is not None:
             check_samples(self.max_rows, "max_rows")
+        if not isinstance(self.compile, bool):
+            raise InvalidInputError(f"compile must be True or False, got {self.compile!r}")
         # frozen: the checked values go in through object.__setattr__, once.
         object.__setattr__(self, "task", task)
         object.__setattr__(self, "precision", precision)

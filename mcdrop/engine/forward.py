@@ -78,6 +78,15 @@ def _arguments(
     return args
 
 
+def _row_unit(units: list[int], widths: list[int], device: torch.device) -> torch.Tensor:
+    """The unit of each row of a chunk: segment k holds ``units[k]`` units of
+    ``widths[k]`` rows each, unit-major. Shape (N,), int64."""
+    per_unit = torch.repeat_interleave(
+        torch.tensor(widths, device=device), torch.tensor(units, device=device)
+    )  # (U,) rows of each unit
+    return torch.repeat_interleave(torch.arange(sum(units), device=device), per_unit)
+
+
 def _context(
     plan: Plan, keys: torch.Tensor, units: list[int], widths: list[int], device: torch.device
 ) -> _sampling.SamplingContext:
@@ -86,10 +95,7 @@ def _context(
         return _sampling.SamplingContext(
             mode="keyed", keys=keys, rows_per_unit=widths[0], layouts=plan.layouts
         )
-    per_unit = torch.repeat_interleave(
-        torch.tensor(widths, device=device), torch.tensor(units, device=device)
-    )  # (U,) rows of each unit
-    row_unit = torch.repeat_interleave(torch.arange(len(keys), device=device), per_unit)  # (N,)
+    row_unit = _row_unit(units, widths, device)  # (N,)
     return _sampling.SamplingContext(
         mode="keyed", keys=keys, row_unit=row_unit, layouts=plan.layouts
     )
@@ -113,6 +119,11 @@ def forward_segments(
     units = [s1 - s0 for _, s0, s1, _ in segs]
     widths = [len(g.x) if rows is None else len(rows) for g, _, _, rows in segs]
     args = _arguments([_values(plan, g, rows) for g, _, _, rows in segs], units, widths, device)
+    if plan.compiled is not None:
+        # The compiled graph takes the keys and each row's unit as inputs: no context.
+        with torch.inference_mode(), autocast():
+            out = plan.compiled(*args, keys, _row_unit(units, widths, device))
+        return out, sum(u * b for u, b in zip(units, widths))
     ctx = _context(plan, keys, units, widths, device)
     fn = plan.prefix.suffix if plan.prefix is not None else model
     with torch.inference_mode(), _sampling.sampling(ctx), autocast():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mcdrop import _sampling
+from mcdrop.engine.compiled import CompiledSuffix
 from mcdrop.engine.prefix import Prefix
 from mcdrop.errors import ModelOutputError
 
@@ -34,6 +35,8 @@ class Plan:
     prefix: Prefix | None = None
     prefix_reason: str = ""
     hetero: bool = False  # the model returns (mean, log_variance)
+    compiled: CompiledSuffix | None = None  # compile=True: the suffix as one compiled graph
+    compile_reason: str = ""  # why the passes run eagerly under compile=True
 
 
 @dataclass

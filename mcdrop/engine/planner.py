@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mcdrop import _sampling
+from mcdrop.engine.compiled import CompiledSuffix, rewrite
 from mcdrop.engine.config import SplitMode
 from mcdrop.engine.plan import Group, Plan, unpack_output
 from mcdrop.engine.prefix import Prefix, fx_prefix, sequential_prefix
@@ -66,9 +67,12 @@ class Planner:
     against replication before adopting it.
     """
 
-    def __init__(self, model: nn.Module, split: SplitMode, probe: Probe) -> None:
+    def __init__(
+        self, model: nn.Module, split: SplitMode, probe: Probe, *, compile: bool = False
+    ) -> None:
         self.model = model
         self.split = split
+        self.compile = compile
         self.probe = probe
         self.plans: dict[tuple[Any, ...], Plan] = {}
 
@@ -93,8 +97,29 @@ class Planner:
         plan = Plan(layouts, r2, per_row_bytes=per_row * 8, hetero=not isinstance(y, torch.Tensor))
         if self.split is SplitMode.AUTO:
             self._choose_prefix(plan, x)
+        if self.compile:
+            self._choose_compiled(plan)
         self.plans[sig] = plan
         return plan
+
+    def _choose_compiled(self, plan: Plan) -> None:
+        """compile=True: the stochastic part (the suffix, or the whole model) as one
+        compiled graph with explicit keys, where :mod:`mcdrop.engine.compiled` can build
+        it; otherwise the passes stay eager and the plan says why."""
+        name = type(self.model).__name__
+        target = plan.prefix.suffix if plan.prefix is not None else self.model
+        moved = sorted(site for site, (dim, _) in plan.layouts.items() if dim != 0)
+        graph = (
+            f"dropout sites {moved} hold the rows outside dimension 0" if moved
+            else rewrite(target) if isinstance(target, nn.Module)
+            else "the suffix is not a module"
+        )  # fmt: skip
+        if isinstance(graph, str):
+            plan.compile_reason = graph
+            log.warning("mcdrop: compile=True runs %s eagerly: %s", name, graph)
+            return
+        plan.compiled = CompiledSuffix(graph)
+        log.info("mcdrop: compiling the stochastic part of %s (%s)", name, plan.prefix_reason)
 
     def _choose_prefix(self, plan: Plan, x: torch.Tensor) -> None:
         """Adopt a prefix if it reproduces replication on a few rows and samples."""

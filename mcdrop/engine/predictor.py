@@ -71,6 +71,13 @@ class MCPredictor:
         Shard the S samples of every call across these devices (a model copy on each, run
         in parallel threads); results equal the single-device ones up to float rounding.
         Applies to fixed-S :meth:`predict` and :meth:`predict_many`.
+    compile : bool
+        Run the stochastic part (after the prefix) as one ``torch.compile`` graph whose
+        dropout masks are computed from explicit unit keys, so inductor fuses them into
+        the surrounding kernels (:mod:`mcdrop.engine.compiled`). The same masks as the
+        eager passes; numbers equal to float32 rounding. Each new input signature compiles
+        once (logged, seconds); models it cannot compile run eagerly with a logged reason
+        (``describe(x)["compile"]``).
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class MCPredictor:
         split: Literal["auto", "off"] | SplitMode = "auto",
         max_samples: int = 10_000,
         devices: Sequence[str | torch.device] | None = None,
+        compile: bool = False,
     ) -> None:
         self.config = EngineConfig(
             samples=samples,
@@ -95,6 +103,7 @@ class MCPredictor:
             precision=precision,  # type: ignore[arg-type]
             split=split,  # type: ignore[arg-type]
             max_samples=max_samples,
+            compile=compile,
         )
         if device is None:
             p = next(model.parameters(), None)
@@ -256,6 +265,7 @@ class MCPredictor:
                 "split": plan.prefix.strategy if plan.prefix else None,
                 "split_reason": plan.prefix_reason,
                 "max_rows": self.runner.chunk_rows(plan),
+                "compile": "compiled" if plan.compiled is not None else plan.compile_reason,
             }
 
     # ------------------------------------------------------------------ internals

@@ -63,7 +63,7 @@ class Runner:
         self.device = device
         self.config = config
         self.summary = summary
-        self.planner = Planner(model, config.split, self._probe)
+        self.planner = Planner(model, config.split, self._probe, compile=config.compile)
         self.stats = RunStats()
         # Rows per chunk that fitted after an out-of-memory error: later calls start there.
         # Runner state, so the user's max_rows option is never rewritten.

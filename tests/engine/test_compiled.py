@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.tolerance import assert_close_f32
+from helpers.tolerance import assert_close_f32, assert_stats_close_f32
 from torch import nn
 
-from mcdrop import MCDropout
-from mcdrop.engine.masks import unit_keys
+from mcdrop import InvalidInputError, MCDropout, MCPredictor, MCRequest
 from mcdrop._sampling import SamplingContext, sampling
-from mcdrop.compiled import CompiledSuffix, explicit_dropout, rewrite
+from mcdrop.engine.compiled import CompiledSuffix, explicit_dropout, rewrite
+from mcdrop.engine.masks import unit_keys
 
 
 class Functional(nn.Module):
@@ -57,6 +57,7 @@ def test_explicit_graph_equals_the_eager_keyed_pass(build) -> None:
         assert not torch.equal(graph(x, unit_keys(12, torch.arange(units)), row_unit), want)
 
 
+@pytest.mark.slow
 def test_compiled_suffix_equals_eager_and_compiles_once_per_signature() -> None:
     torch.manual_seed(0)
     model = mlp().eval()
@@ -108,3 +109,45 @@ class SelfAttention(nn.Module):
 def test_what_cannot_compile_says_why(model: nn.Module, why: str) -> None:
     reason = rewrite(model)
     assert isinstance(reason, str) and why in reason
+
+
+# ------------------------------------------------------------------ MCPredictor(compile=True)
+
+
+def wide_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 32), nn.ReLU(), MCDropout(0.2),
+        nn.Linear(32, 32), nn.ReLU(), MCDropout(0.2), nn.Linear(32, 4),
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # inductor compiles a few signatures: seconds each on a cold cache
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_predictor_compile_equals_eager(task: str) -> None:
+    x = torch.randn(5, 6)
+    eager = MCPredictor(wide_mlp(), samples=40, task=task, max_rows=64)
+    comp = MCPredictor(wide_mlp(), samples=40, task=task, max_rows=64, compile=True)
+    assert comp.describe(x)["compile"] == "compiled"
+    a, b = eager.predict(x, seed=7), comp.predict(x, seed=7)
+    assert_stats_close_f32(b, a)
+    if task == "classification":
+        assert_close_f32(b.mutual_information, a.mutual_information, scale=1.0, what="MI")
+    # several requests of other widths in shared chunks: the row-to-unit gather path
+    reqs = [MCRequest(x[:2], 40, 1), MCRequest(x, 17, 2), MCRequest(x[4:], 40, 3)]
+    for m, r in zip(comp.predict_many(reqs), reqs):
+        assert_stats_close_f32(m, eager.predict(r.inputs, samples=r.samples, seed=r.seed))
+
+
+def test_predictor_compile_falls_back_with_a_reason() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Dropout2d(0.3), nn.Flatten())
+    pred = MCPredictor(model, samples=8, compile=True)
+    x = torch.randn(2, 1, 5, 5)
+    assert "Dropout2d" in pred.describe(x)["compile"]
+    out = pred.predict(x, seed=1)
+    assert_stats_close_f32(out, MCPredictor(model, samples=8).predict(x, seed=1))
+
+
+def test_compile_option_is_checked() -> None:
+    with pytest.raises(InvalidInputError, match="compile must be True or False"):
+        MCPredictor(wide_mlp(), compile="yes")  # type: ignore[arg-type]
