@@ -119,17 +119,21 @@ class ModelRuntime:
         device = s.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        options: dict[str, Any] = {"device": device, "precision": s.precision}
+        options: dict[str, Any] = {"device": device, "precision": s.precision, "compile": s.compile}
         if len(s.devices) > 1:
             options["devices"] = list(s.devices)
         return self.loaded.predictor(**options)
 
     def warm_up(self) -> None:
-        """One small prediction: builds the engine's plan before the first request."""
+        """Small predictions: build the engine's plan before the first request. With
+        ``compile`` a second call changes both the rows and the samples, so that dynamo
+        recompiles once with those dimensions dynamic and no request compiles."""
         m = self.manifest
-        x = np.zeros((1, *m.input_shape), dtype=NP_DTYPES[m.input_dtype])
-        pred = self._predictor().predict(x, samples=min(2, m.max_samples), seed=0)
-        self.answer(pred)
+        sizes = ((1, 2), (2, 3)) if self.settings.compile else ((1, 2),)
+        for rows, samples in sizes:
+            x = np.zeros((rows, *m.input_shape), dtype=NP_DTYPES[m.input_dtype])
+            pred = self._predictor().predict(x, samples=min(samples, m.max_samples), seed=0)
+            self.answer(pred)
 
     def start(self) -> None:
         """Create and start the model's batcher."""

@@ -270,6 +270,9 @@ class Settings(_Clean, BaseSettings):
     devices : tuple of str
         Shard each request's MC samples over these devices (comma-separated in the
         environment, e.g. ``cuda:0,cuda:1``); empty: everything on ``device``.
+    compile : bool
+        Run each model's stochastic part as a ``torch.compile`` graph
+        (``MCPredictor(compile=True)``); compiled during warm-up, before ready.
     ray : RaySettings
         The Ray Serve engine's options (``MCDROP_RAY_*``).
     """
@@ -304,9 +307,10 @@ class Settings(_Clean, BaseSettings):
     device: str = "cpu"
     precision: str = "fp32"
     devices: tuple[str, ...] = ()
+    compile: bool = False
     ray: RaySettings = RaySettings()
 
-    _bools = field_validator("batching", "share_unseeded", mode="before")(_parse_bool)
+    _bools = field_validator("batching", "share_unseeded", "compile", mode="before")(_parse_bool)
     _lists = field_validator("cors_origins", "devices", mode="before")(_parse_list)
 
     @field_validator("log_level", "device", "precision", mode="before")

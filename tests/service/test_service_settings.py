@@ -53,6 +53,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         ("MCDROP_PORT", "70000", "MCDROP_PORT must be in [0, 65535]"),
         ("MCDROP_MAX_QUEUE_SIZE", "0", "MCDROP_MAX_QUEUE_SIZE must be at least 1"),
         ("MCDROP_BATCHING", "maybe", "expected true/false"),
+        ("MCDROP_COMPILE", "sometimes", "expected true/false"),
         ("MCDROP_REQUEST_TIMEOUT_S", "0", "MCDROP_REQUEST_TIMEOUT_S must be > 0"),
         ("MCDROP_LOG_LEVEL", "loud", "MCDROP_LOG_LEVEL must be one of"),
         ("MCDROP_API_KEY", "  ", "must not be blank"),
@@ -141,3 +142,27 @@ def test_log_level_switches_the_access_lines(level: str, access_on: bool) -> Non
     finally:
         access.setLevel(saved[0])
         logging.getLogger("mcdrop").setLevel(saved[1])
+
+
+@pytest.mark.slow  # inductor compiles the toy1d suffix twice (static, then dynamic shapes)
+def test_compile_setting_compiles_at_warm_up_and_no_request_compiles() -> None:
+    import numpy as np
+    from torch._dynamo.utils import counters
+
+    from mcdrop.repository import load_model
+    from service.metrics import ServiceMetrics
+    from service.runtime import ModelRuntime
+
+    s = Settings.from_env({"MCDROP_COMPILE": "true"})
+    assert s.compile is True
+    rt = ModelRuntime(load_model(DEFAULT_MODELS_DIR / "toy1d"), s, ServiceMetrics())
+    rt.warm_up()
+    pred = rt._predictor()
+    assert pred.describe(np.zeros((1, 1), np.float32))["compile"] == "compiled"
+    graphs = counters["stats"]["unique_graphs"]
+    eager = load_model(DEFAULT_MODELS_DIR / "toy1d").predictor()
+    for rows, samples in ((3, 37), (7, 100), (50, 5)):
+        x = np.linspace(-4, 4, rows, dtype=np.float32).reshape(rows, 1)
+        got = pred.predict(x, samples=samples, seed=rows)
+        assert_stats_close_f32(got, eager.predict(x, samples=samples, seed=rows))
+    assert counters["stats"]["unique_graphs"] == graphs  # warm-up paid for every compile
