@@ -100,9 +100,9 @@ def test_manifest_text_round_trip() -> None:
         description='quotes " and \\ and unicode é',
         config={"a": [1, 2], "b": 0.5, "flag": True, "nested": {"k": "v"}},
     )
-    from mcdrop.repository import _manifest_from_dict, tomllib
+    from mcdrop.manifest import manifest_from_dict, tomllib
 
-    assert _manifest_from_dict(tomllib.loads(manifest_to_toml(m)), "x") == m
+    assert manifest_from_dict(tomllib.loads(manifest_to_toml(m)), "x") == m
 
 
 def test_save_refuses_overwrite(model_dir: Path, arch_file: Path, tiny_module) -> None:
