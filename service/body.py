@@ -32,7 +32,6 @@ __all__ = [
 
 _THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
-BINARY_HEADER = "inference-header-content-length"
 
 
 def _reject_constant(token: str) -> Any:
@@ -118,15 +117,12 @@ def _check_content_type(request: Request) -> None:
 async def read_json(request: Request, max_depth: int, *, v2: bool = False) -> Any:
     """Read and parse the JSON body (size limits are enforced by the middleware).
 
-    v2 refuses the binary tensor extension with a clear 400 and accepts a missing
-    Content-Type (tritonclient sends none in JSON mode).
+    v1 needs a JSON (or no) Content-Type; v2 reads JSON whatever the Content-Type says
+    (tritonclient sends none, its aiohttp client application/octet-stream). The binary
+    tensor extension's bodies are read by ``service.codec_v2_binary``.
     """
-    if v2 and BINARY_HEADER in request.headers:
-        raise BadRequest(
-            "only JSON is supported: this server does not implement the binary tensor "
-            "extension; send inputs and outputs with binary_data=False"
-        )
-    _check_content_type(request)
+    if not v2:
+        _check_content_type(request)
     body = await request.body()
     if len(body) > _THREAD_PARSE_BYTES:
         return await anyio.to_thread.run_sync(parse_json, body, max_depth)

@@ -117,7 +117,10 @@ def _input_array(model: ModelRuntime, req: InferenceRequest) -> np.ndarray:
     t = req.inputs[0]
     params = t.parameters or {}
     if "binary_data_size" in params:
-        raise BadRequest("only JSON is supported: send the input with binary_data=False")
+        raise BadRequest(
+            "binary_data_size needs the Inference-Header-Content-Length header "
+            "(the binary tensor extension); or send the input as JSON data"
+        )
     if "shared_memory_region" in params:
         raise BadRequest("shared memory is not supported: send the input as JSON data")
     if t.datatype == "BYTES":  # raw text, one string per row

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from datetime import datetime, timezone
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BadRequest, PayloadTooLarge, error_response
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, error_response
 from service.metrics import ServiceMetrics
 
 __all__ = ["BodyLimitMiddleware", "AccessLogMiddleware"]
@@ -39,29 +40,40 @@ class BodyLimitMiddleware:
             "(MCDROP_MAX_BODY_BYTES); send fewer rows per request"
         )
 
+    def _check_declared(self, scope: Scope) -> None:
+        """413 up front when the (possibly compressed) Content-Length is over the limit."""
+        declared = _header(scope, b"content-length")
+        if declared is None:
+            return
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest("Content-Length is not an integer") from None
+        if size > self.max_bytes:
+            raise self._too_large()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await error_response(BadRequest("Content-Length is not an integer"))(
-                    scope, receive, send
-                )
-                return
-            if size > self.max_bytes:
-                await error_response(self._too_large())(scope, receive, send)
-                return
+        try:
+            self._check_declared(scope)
+            inflater = _inflater(_header(scope, b"content-encoding"))
+        except (BadRequest, PayloadTooLarge, UnsupportedMediaType) as exc:
+            await error_response(exc)(scope, receive, send)
+            return
         received = 0
         started = False
+        if inflater is not None:  # the app sees the inflated body, without the encoding
+            scope = _without_encoding(scope)
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
+                if inflater is not None:
+                    room = self.max_bytes - received
+                    message = _inflate(inflater, message, room, self._too_large)
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise self._too_large()
@@ -79,6 +91,44 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await error_response(exc)(scope, receive, send)
+
+
+def _inflater(encoding: str | None) -> Any:
+    """A zlib decompressor for a request's Content-Encoding (None for identity)."""
+    enc = (encoding or "identity").strip().lower()
+    if enc == "identity":
+        return None
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if enc == "deflate":  # zlib-wrapped, as RFC 9110 defines it
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    raise UnsupportedMediaType(
+        f"Content-Encoding '{enc[:40]}' is not supported; send gzip, deflate or identity"
+    )
+
+
+def _without_encoding(scope: Scope) -> Scope:
+    """The scope with Content-Encoding and Content-Length (of the compressed body) removed."""
+    out = dict(scope)
+    drop = (b"content-encoding", b"content-length")
+    out["headers"] = [(k, v) for k, v in scope.get("headers", ()) if k.lower() not in drop]
+    return out
+
+
+def _inflate(inflater: Any, message: Message, room: int, too_large: Any) -> Message:
+    """One body message inflated, never to more than ``room`` + 1 bytes (413 past it).
+
+    The bound goes to zlib itself, so a small bomb never expands in memory.
+    """
+    try:
+        out: bytes = inflater.decompress(message.get("body", b""), room + 1)
+    except zlib.error:
+        raise BadRequest("the request body is not valid for its Content-Encoding") from None
+    if len(out) > room:
+        raise too_large()
+    if not message.get("more_body", False) and not inflater.eof:
+        raise BadRequest("the compressed request body is truncated")
+    return {**message, "body": out}
 
 
 class AccessLogMiddleware:

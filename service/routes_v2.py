@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 import mcdrop
 from mcdrop.schemas import (
@@ -15,7 +15,8 @@ from mcdrop.schemas import (
     ModelMetadata,
     ServerMetadata,
 )
-from service import codec_v2
+from service import codec_v2, codec_v2_binary
+from service.body import parse_json
 from service.deps import admit, get_plane, json_body, require_api_key, unless_disconnected
 from service.plane import DataPlane
 from service.responses import FastJSONResponse
@@ -69,8 +70,8 @@ hot = APIRouter(prefix="/v2/models/{name}")
 
 @router.get("/v2", response_model=ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
-    """Server name, version and protocol extensions (none: JSON only)."""
-    return {"name": "mcdrop", "version": mcdrop.__version__, "extensions": []}
+    """Server name, version and protocol extensions."""
+    return {"name": "mcdrop", "version": mcdrop.__version__, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/v2/health/live")
@@ -103,6 +104,16 @@ async def model_ready(
     return plane.model_ready(name, version)
 
 
+async def _v2_body(request: Request) -> Any:
+    """The parsed body: JSON, or a binary-extension body with its tensors inlined."""
+    declared = request.headers.get(codec_v2_binary.HEADER)
+    if declared is None:
+        return await json_body(request, v2=True)
+    head, tail = codec_v2_binary.split_body(await request.body(), declared)
+    obj = parse_json(head, request.app.state.settings.max_json_depth)
+    return codec_v2_binary.inline_binary_inputs(obj, tail)
+
+
 @hot.post("/infer", response_model=InferenceResponse, responses=_ERRORS, openapi_extra=_INFER_BODY)
 @hot.post(
     "/versions/{version}/infer",
@@ -110,14 +121,26 @@ async def model_ready(
     responses=_ERRORS,
     openapi_extra=_INFER_BODY,
 )
-async def infer(name: str, request: Request, version: str | None = None) -> FastJSONResponse:
-    """Inference; MC options in ``parameters``: ``mc_samples``, ``seed``."""
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    """Inference; MC options in ``parameters``: ``mc_samples``, ``seed``.
+
+    JSON, or Triton's binary tensor extension (``Inference-Header-Content-Length``).
+    """
     plane = await admit(request, name)
-    body = await json_body(request, v2=True)
+    body = await _v2_body(request)
     model = plane.get(name, version)
+    every, names = codec_v2_binary.binary_outputs(body)
     req = codec_v2.decode(model, body)
     answer = await unless_disconnected(request, plane.infer(model, req.infer))
-    return FastJSONResponse(codec_v2.encode(model, answer, req))
+    out = codec_v2.encode(model, answer, req)
+    if not every and not names:
+        return FastJSONResponse(out)
+    content, head = codec_v2_binary.encode(out, every, names)
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={codec_v2_binary.HEADER: str(head)},
+    )
 
 
 router.include_router(models)
