@@ -51,7 +51,7 @@ async def test_health_and_server_metadata(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v2/health/live")).status_code == 200
     assert (await client.get("/v2/health/ready")).json() == {"ready": True}
     meta = (await client.get("/v2")).json()
-    assert meta["name"] == "mcdrop" and meta["extensions"] == []
+    assert meta["name"] == "mcdrop" and meta["extensions"] == ["binary_tensor_data"]
 
 
 async def test_model_listing_and_info(client: httpx.AsyncClient) -> None:
@@ -249,7 +249,7 @@ async def test_model_exception_is_a_generic_500_and_the_worker_survives(
         ({"data": [1, 2, 3]}, 422, "has 3 values but shape [1, 4] needs 4"),
         ({"data": [1, 2, True, 4]}, 422, "data[2] must be a number, got a boolean"),
         ({"data": None}, 422, "has no data"),
-        ({"parameters": {"binary_data_size": 16}}, 400, "only JSON"),
+        ({"parameters": {"binary_data_size": 16}}, 400, "Inference-Header-Content-Length"),
         ({"shape": [9, 4], "data": ROW * 9}, 422, "too many rows"),
     ],
 )
@@ -288,9 +288,12 @@ async def test_v2_bad_requests(client: httpx.AsyncClient) -> None:
     _error(await client.post(url, json={"inputs": "x"}), 422, "inputs")
     _error(await client.post(url, json={}), 422, "inputs is required")
     _error(await client.post(url, content=b"{", headers={}), 400, "malformed JSON")
-    binary = {"Inference-Header-Content-Length": "10", "Content-Type": "application/octet-stream"}
-    _error(await client.post(url, content=b"{}" + b"\0" * 16, headers=binary), 400, "only JSON")
-    _error(await client.post(url, content=b"{}", headers={"Content-Type": "text/csv"}), 415)
+    binary = {"Inference-Header-Content-Length": "2", "Content-Type": "application/octet-stream"}
+    _error(await client.post(url, content=b"{}" + b"\0" * 16, headers=binary), 400, "add up")
+    # v2 reads JSON whatever the Content-Type says (v1 stays strict: 415).
+    csv = {"Content-Type": "text/csv"}
+    _error(await client.post(url, content=b"{}", headers=csv), 422, "inputs is required")
+    _error(await client.post("/v1/models/reg/predict", content=b"{}", headers=csv), 415)
     _error(await client.post("/v2/models/reg/versions/2/infer", json={"inputs": [tensor]}), 404)
 
 

@@ -133,16 +133,28 @@ async def test_binary_response_format(client: httpx.AsyncClient) -> None:
     [
         ({"datatype": "FP32", "parameters": {"binary_data_size": 31}}, 31, None, "needs 32"),
         ({"datatype": "FP32", "parameters": {"binary_data_size": 32}}, 31, None, "runs past"),
-        ({"datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}, 32,
-         None, "add up"),  # fmt: skip
+        (
+            {"datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}},
+            32,
+            None,
+            "add up",
+        ),  # fmt: skip
         ({"datatype": "FP32", "parameters": {"binary_data_size": 32}}, 32, "99999", "only"),
         ({"datatype": "FP32", "parameters": {"binary_data_size": 32}}, 32, "-1", "integer"),
         ({"datatype": "FLOAT", "parameters": {"binary_data_size": 32}}, 32, None, "does not"),
         ({"datatype": "FP32", "parameters": {"binary_data_size": "32"}}, 32, None, "integer"),
-        ({"datatype": "FP32", "shape": [2, "4"], "parameters": {"binary_data_size": 32}}, 32,
-         None, "shape of integers"),  # fmt: skip
-        ({"datatype": "FP32", "data": [0] * 8, "parameters": {"binary_data_size": 32}}, 32,
-         None, "both data"),  # fmt: skip
+        (
+            {"datatype": "FP32", "shape": [2, "4"], "parameters": {"binary_data_size": 32}},
+            32,
+            None,
+            "shape of integers",
+        ),  # fmt: skip
+        (
+            {"datatype": "FP32", "data": [0] * 8, "parameters": {"binary_data_size": 32}},
+            32,
+            None,
+            "both data",
+        ),  # fmt: skip
     ],
 )
 async def test_malformed_binary_bodies(
@@ -198,7 +210,7 @@ def _v2_json() -> bytes:
 
 async def test_v2_any_content_type_v1_strict(client: httpx.AsyncClient) -> None:
     url = "/v2/models/reg/infer"
-    ref = (await client.post(url, content=_v2_json(), headers={"content-type": "application/json"}))
+    ref = await client.post(url, content=_v2_json(), headers={"content-type": "application/json"})
     for ctype in (None, "application/octet-stream", "text/plain"):
         headers = {} if ctype is None else {"content-type": ctype}
         r = await client.post(url, content=_v2_json(), headers=headers)
