@@ -9,6 +9,7 @@ The contract checked everywhere: never a 5xx, and every error is JSON with a non
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import math
 import sys
@@ -236,10 +237,9 @@ def loop_client(tiny_repo: Path) -> Iterator[Any]:
     cm = app_client(make_settings(tiny_repo, request_timeout_s=2.0, log_level="warning"))
     client = loop.run_until_complete(cm.__aenter__())
 
-    def post(path: str, content: bytes) -> tuple[int, str]:
-        r = loop.run_until_complete(
-            client.post(path, content=content, headers={"Content-Type": "application/json"})
-        )
+    def post(path: str, content: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        sent = {"Content-Type": "application/json"} if headers is None else headers
+        r = loop.run_until_complete(client.post(path, content=content, headers=sent))
         return r.status_code, r.text
 
     yield post
@@ -283,3 +283,40 @@ def test_v2_infer_random_bodies(loop_client: Any, body: Any, model: str) -> None
 def test_raw_bytes_never_5xx(loop_client: Any, raw: bytes, path: str) -> None:
     status, text = loop_client(path, raw)
     check_answer(status, text)
+
+
+@st.composite
+def binary_bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    """Binary-extension bodies: a v2 header whose inputs carry ``binary_data_size``, raw
+    bytes of right or wrong sizes, a declared header length that may lie, maybe gzipped."""
+    rows = draw(st.integers(0, 3))
+    dtype = draw(st.sampled_from(["FP32", "FP64", "FP16", "INT64", "BYTES", "BOOL", "X"]))
+    item = {"FP32": 4, "FP64": 8, "FP16": 2, "INT64": 8, "BOOL": 1}.get(dtype, 4)
+    right = rows * 4 * item
+    size: Any = draw(st.one_of(st.just(right), st.integers(-2, 80), _leaf))
+    shape: Any = draw(st.one_of(st.just([rows, 4]), st.lists(st.integers(-1, 5), max_size=3)))
+    tensor = {"name": "input", "shape": shape, "datatype": dtype,
+              "parameters": {"binary_data_size": size}}  # fmt: skip
+    header: dict[str, Any] = {"inputs": [tensor]}
+    if draw(st.booleans()):
+        header["parameters"] = {"binary_data_output": draw(st.booleans()), "seed": 1}
+    head = json.dumps(header).encode()
+    n_tail = size if isinstance(size, int) and size >= 0 and draw(st.booleans()) else None
+    tail = draw(st.binary(min_size=n_tail or 0, max_size=n_tail if n_tail is not None else 96))
+    declared = draw(st.one_of(st.just(str(len(head))), st.integers(-1, 400).map(str),
+                              st.sampled_from(["", "x", "1e3", " 7"])))  # fmt: skip
+    headers = {"Inference-Header-Content-Length": declared}
+    body = head + tail
+    if draw(st.integers(0, 3)) == 0:
+        body = gzip.compress(body)[: draw(st.integers(0, 400))]
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
+
+
+@settings(FUZZ, max_examples=150)
+@given(case=binary_bodies(), model=st.sampled_from(["reg", "clf"]))
+def test_v2_binary_random_bodies(loop_client: Any, case: tuple[bytes, dict[str, str]],
+                                 model: str) -> None:  # fmt: skip
+    body, headers = case
+    status, text = loop_client(f"/v2/models/{model}/infer", body, headers)
+    check_answer(status, text)  # a 200 may be binary: only its status is checked
