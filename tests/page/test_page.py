@@ -311,6 +311,7 @@ def test_api_errors_are_shown(tab: Tab) -> None:
     text = error_text(tab)
     assert "HTTP 422" in text and "expected rows of shape [8], got [3]" in text
     assert "Change the input" in text
+    assert tab.page.locator("#answer.stale table.answer").count() == 1  # the old one, dimmed
     tab.page.fill("#json-input", "[[1, 2")
     tab.page.click("#btn-predict")
     tab.page.wait_for_function(
@@ -328,6 +329,8 @@ def test_api_errors_are_shown(tab: Tab) -> None:
     tab.page.fill("#samples", "50")
     tab.page.dispatch_event("#samples", "change")
     tab.page.wait_for_selector("#error", state="hidden")
+    settle(tab)
+    assert tab.page.locator("#answer.stale").count() == 0
     # A model the server does not have: the API module's error carries the 404 message.
     tab.page.evaluate(
         "async () => { const { predict } = await import('/static/js/api.js');"

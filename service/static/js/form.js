@@ -123,6 +123,8 @@ export function mountForm(root, ctx) {
     }
     const shownTargets = targets;
     const data = await ctx.predict(inputs);
+    // After an error the last answer stays, dimmed: it no longer matches the inputs.
+    answer.classList.toggle("stale", !data && answer.childElementCount > 0);
     if (data) answer.replaceChildren(...answerTables(data, model, shownTargets));
   }
 
@@ -156,6 +158,7 @@ export function mountForm(root, ctx) {
     }
     targets = null;
     toggle.setAttribute("aria-pressed", String(mode === "json"));
+    toggle.textContent = mode === "json" ? "Edit as fields" : "Edit as JSON";
     jsonBlock.hidden = mode !== "json";
     if (fieldBlock) fieldBlock.hidden = mode === "json";
   });
