@@ -59,7 +59,7 @@ RUN --mount=type=secret,id=ca,required=false \
         cat /etc/ssl/certs/ca-certificates.crt /run/secrets/ca > /tmp/ca.pem; \
         export PIP_CERT=/tmp/ca.pem; \
     fi; \
-    python3 -c "import re, tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if re.split(r'[^A-Za-z0-9_.-]', d)[0].lower() != 'torch'))" > /tmp/requirements.txt; \
+    python3 -c "import re, tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + p['optional-dependencies']['hf']; print('\n'.join(d for d in deps if re.split(r'[^A-Za-z0-9_.-]', d)[0].lower() != 'torch'))" > /tmp/requirements.txt; \
     pip install --find-links /wheels --index-url "$PIP_INDEX_URL" -r /tmp/requirements.txt "setuptools>=68"; \
     rm -f /tmp/ca.pem /tmp/requirements.txt /tmp/pyproject.toml
 

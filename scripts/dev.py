@@ -5,7 +5,8 @@ Needs only python3 (3.10 or newer, with the venv module). Creates ``.venv`` besi
 repository on first use and installs mcdrop into it (editable; torch pinned by
 ``constraints.txt``), then:
 
-- ``serve``: installs only what serving needs (mcdrop and its runtime dependencies) and
+- ``serve``: installs only what serving needs (mcdrop, its runtime dependencies and the
+  ``hf`` extra that the default text model ``models/langid`` loads with) and
   becomes ``mcdrop serve`` (the default models of ``models/`` on 127.0.0.1:8000; extra
   arguments go to ``mcdrop serve``);
 - ``test``: installs the ``dev`` extra as well and becomes ``pytest`` (extra arguments go
@@ -41,8 +42,9 @@ VENV = ROOT / ".venv"
 LOCK = ROOT / ".venv.lock"  # beside .venv, so recreating .venv never removes a held lock
 PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 TORCH_INDEX_ENV = "MCDROP_TORCH_INDEX"
-# What each command installs; `dev` holds everything `serve` needs.
-EXTRAS = {"serve": "", "test": "[dev]", "setup": "[dev]"}
+# What each command installs: serving needs the `hf` extra for the default text model
+# (models/langid); `dev` holds everything `serve` needs.
+EXTRAS = {"serve": "[hf]", "test": "[dev]", "setup": "[dev]"}
 NO_VENV = """\
 [dev] cannot create {venv}: {why}
 [dev] python3's venv module (with ensurepip) is needed. On Debian or Ubuntu:
