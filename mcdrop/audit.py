@@ -301,6 +301,15 @@ def inspect(model: nn.Module, example_input: Any, strict: bool = False) -> Audit
     return audit
 
 
+def example_input(shape: tuple[int, ...], dtype: torch.dtype, rows: int = 2) -> torch.Tensor:
+    """A fixed example batch (rows, *shape): token id 0 for integer inputs (always a valid
+    id), seeded standard normal values otherwise."""
+    if not dtype.is_floating_point:
+        return torch.zeros((rows, *shape), dtype=dtype)
+    g = torch.Generator().manual_seed(0)
+    return torch.randn((rows, *shape), generator=g).to(dtype)
+
+
 def summary(model: nn.Module, example_input: Any) -> dict[str, Any]:
     """``inspect(model, example_input).summary()``: the digest the service logs and serves.
 

@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mcdrop.audit import UnsampledDropoutError, UnsampledDropoutWarning, inspect
+from mcdrop.audit import UnsampledDropoutError, UnsampledDropoutWarning, example_input, inspect
 from mcdrop.errors import McdropError
 
 
@@ -26,15 +24,6 @@ def _folders(root: Path) -> list[Path]:
     if (root / "model.toml").is_file():
         return [root]
     return sorted(p for p in root.iterdir() if (p / "model.toml").is_file())
-
-
-def example_input(shape: tuple[int, ...], dtype: torch.dtype, rows: int = 2) -> torch.Tensor:
-    """A fixed example batch (rows, *shape): token id 0 for integer inputs (always a valid
-    id), seeded standard normal values otherwise."""
-    if not dtype.is_floating_point:
-        return torch.zeros((rows, *shape), dtype=dtype)
-    g = torch.Generator().manual_seed(0)
-    return torch.randn((rows, *shape), generator=g).to(dtype)
 
 
 def _audit_folder(folder: Path, strict: bool) -> dict[str, Any]:

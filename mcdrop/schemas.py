@@ -152,6 +152,10 @@ class ModelInfo(_Open):
     max_batch_rows: int
     tau: float | None = None
     ready: bool
+    takes_text: bool = Field(False, description="raw text is accepted (the folder has a tokenizer)")
+    audit: dict[str, Any] | None = Field(
+        None, description="the dropout audit at load (mcdrop.inspect): sampled sites, and why not"
+    )
 
 
 class ModelList(_Open):

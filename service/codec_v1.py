@@ -153,6 +153,8 @@ def model_info(model: ModelRuntime) -> dict[str, Any]:
         "max_batch_rows": m.max_batch_rows,
         "tau": m.tau,
         "ready": model.ready,
+        "takes_text": model.loaded.takes_text,
+        "audit": model.audit,
     }
 
 

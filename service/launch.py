@@ -77,8 +77,9 @@ def models_root(settings: Settings) -> Path | None:
         return root
     print(
         f"mcdrop serve: no models in {root}: expected one sub-folder per model with a "
-        f"{MANIFEST} (see docs/service.md). Train the default models or pass "
-        "--models-dir FOLDER.",
+        f"{MANIFEST} (and model.py + weights.safetensors, or a transformers folder). "
+        "Without --models-dir and MCDROP_MODELS_DIR, mcdrop serve serves the default "
+        "models that ship with the package; `mcdrop inspect FOLDER` checks a folder.",
         file=sys.stderr,
     )
     return None

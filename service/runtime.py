@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcdrop import audit
 from mcdrop.errors import ModelOutputError
 from mcdrop.fields import CLASSIFICATION_FIELDS, COMMON_FIELDS, REGRESSION_FIELDS
 from mcdrop.prediction import MCRequest, Prediction
 from mcdrop.predictor import MCPredictor
-from mcdrop.repository import LoadedModel, Manifest
+from mcdrop.repository import DTYPES, LoadedModel, Manifest
 from service.batching import Batcher
 from service.body import json_type
 from service.errors import ModelNotReady, Unprocessable
@@ -76,6 +77,28 @@ class Answer:
     draws: np.ndarray | None = None  # (S, B, *O) when asked for
 
 
+def audit_model(loaded: LoadedModel) -> dict[str, Any]:
+    """The dropout audit of a loaded model (:func:`mcdrop.audit.summary`) on two rows of
+    zeros, the input the warm-up also runs: every dropout site, sampled or not, and why.
+    An audit that fails is reported as ``{"error": ...}``; it never stops the model."""
+    m = loaded.manifest
+    x = torch.zeros((2, *m.input_shape), dtype=DTYPES[m.input_dtype])
+    try:
+        return audit.summary(loaded.module, x)
+    except Exception as exc:  # a model's code may raise anything on an example
+        return {"error": f"the audit could not run: {type(exc).__name__}: {exc}"}
+
+
+def _log_audit(name: str, summary: dict[str, Any]) -> None:
+    if "error" in summary:
+        log.warning("model %s: %s", name, summary["error"])
+    elif summary["ok"]:
+        log.info("model %s: %d dropout sites sampled (p %s)", name, summary["sampled_sites"],
+                 summary["sampled_p"])  # fmt: skip
+    else:
+        log.warning("model %s: dropout NOT sampled under MC mode: %s", name, summary["unsampled"])
+
+
 @dataclass
 class ModelRuntime:
     """One served model: manifest, engine, batcher, and the checks its inputs need."""
@@ -85,6 +108,7 @@ class ModelRuntime:
     metrics: ServiceMetrics
     batcher: Batcher[Any] | None = None
     ready: bool = False
+    audit: dict[str, Any] | None = None  # the dropout audit's summary, made at warm-up
     _fields: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +153,8 @@ class ModelRuntime:
         ``compile`` a second call changes both the rows and the samples, so that dynamo
         recompiles once with those dimensions dynamic and no request compiles."""
         m = self.manifest
+        self.audit = audit_model(self.loaded)
+        _log_audit(self.name, self.audit)
         sizes = ((1, 2), (2, 3)) if self.settings.compile else ((1, 2),)
         for rows, samples in sizes:
             x = np.zeros((rows, *m.input_shape), dtype=NP_DTYPES[m.input_dtype])
