@@ -32,6 +32,9 @@ __all__ = [
 
 _THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# A \uD800-\uDFFF escape: the standard parser accepts a lone one, which no response can
+# encode (orjson refuses it), so such bodies are checked after parsing.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 def _reject_constant(token: str) -> Any:
@@ -73,7 +76,7 @@ def parse_json(body: bytes, max_depth: int) -> Any:
 def _parse_slow(body: bytes, max_depth: int) -> Any:
     """:func:`parse_json`'s standard-library path (and its error messages)."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        obj = json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest(f"JSON is nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
@@ -84,6 +87,17 @@ def _parse_slow(body: bytes, max_depth: int) -> Any:
         raise BadRequest("the request body is not UTF-8 encoded JSON") from None
     except ValueError:  # an integer literal longer than Python converts (4,300 digits)
         raise BadRequest("the request body holds a number too long to read") from None
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        _check_surrogates(obj)
+    return obj
+
+
+def _check_surrogates(obj: Any) -> None:
+    """400 when a string (key or value) holds a lone UTF-16 surrogate; pairs are fine."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the request body holds a lone UTF-16 surrogate escape") from None
 
 
 def _check_depth(obj: Any, max_depth: int) -> None:

@@ -21,7 +21,7 @@ from mcdrop.fields import MAX_SEED
 from mcdrop.schemas import InferenceRequest
 from service.body import json_type, validate_body
 from service.codec_v1 import ids_from_texts
-from service.errors import BadRequest, Unprocessable
+from service.errors import BadRequest, Unprocessable, shown
 from service.runtime import NP_DTYPES, Answer, InferRequest, ModelRuntime
 
 __all__ = ["V2Request", "decode", "encode", "metadata", "V2_INPUT_NAME", "PLATFORM"]
@@ -98,11 +98,17 @@ def _options(model: ModelRuntime, req: InferenceRequest) -> tuple[int, int | Non
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise Unprocessable(f"parameters.seed must be in [0, 2**63 - 1], got {seed}")
     known = model.output_fields()
+    seen: set[str] = set()
+    # Each output at most once: a repeated name would multiply the answer's size (and the
+    # known names bound the count, so the response size is known before computing).
     for out in req.outputs or []:
         if out.name not in known:
             raise Unprocessable(
-                f"unknown output '{out.name}'; model '{model.name}' has {', '.join(known)}"
+                f"unknown output {shown(out.name)}; model '{model.name}' has {', '.join(known)}"
             )
+        if out.name in seen:
+            raise Unprocessable(f"output {shown(out.name)} is requested more than once")
+        seen.add(out.name)
     return model.check_samples(samples), seed
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "QueueFull",
     "RequestTimeout",
     "ClientDisconnected",
+    "shown",
     "status_for",
     "error_response",
     "INTERNAL_ERROR_MESSAGE",
@@ -159,6 +160,18 @@ def from_http_status(status: int, message: str) -> ServiceError:
     if cls is Unauthorized:
         return Unauthorized(message)
     return cls(message)
+
+
+SHOWN_CHARS = 64  # how much of a client's string an error message repeats
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` quoted for an error message: cut to ``limit`` characters (an ellipsis says
+    so) and escaped where it is not encodable UTF-8 (a lone surrogate), so that a message
+    never grows with the request nor fails to render."""
+    cut = text[:limit]
+    safe = cut.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"'{safe}'" + ("…" if len(text) > limit else "")
 
 
 def message_for(exc: BaseException) -> str:
