@@ -31,7 +31,12 @@ class UnsampledDropoutWarning(UserWarning):
     """A dropout with p > 0 that MC mode does not sample (its variance is missing)."""
 
 
-_KERNELS: dict[str, Any] = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+_KERNELS: dict[str, Any] = {
+    "LSTM": _VF.lstm,
+    "GRU": _VF.gru,
+    "RNN_TANH": _VF.rnn_tanh,
+    "RNN_RELU": _VF.rnn_relu,
+}
 
 
 def samples_between_layers(m: nn.Module) -> bool:
