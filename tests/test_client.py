@@ -773,7 +773,7 @@ def test_async_client_through_asgi_transport():
 @pytest.fixture(scope="module")
 def token_url(tmp_path_factory):
     service_app("service.app")
-    from _token_repo import make_token_repo, token_server
+    from helpers.token_repo import make_token_repo, token_server
 
     with token_server(make_token_repo(tmp_path_factory.mktemp("tokens"))) as url:
         yield url

@@ -228,7 +228,7 @@ def test_load_inputs_keeps_json_integers_and_reads_csv_integers(tmp_path):
 
 @pytest.fixture(scope="module")
 def token_url(tmp_path_factory):
-    from _token_repo import make_token_repo, token_server
+    from helpers.token_repo import make_token_repo, token_server
 
     with token_server(make_token_repo(tmp_path_factory.mktemp("tokens"))) as u:
         yield u

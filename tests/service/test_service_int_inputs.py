@@ -8,31 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.live_server import app_client
+from helpers.token_repo import TOKEN_MODEL
 from svc_helpers import make_settings
 
 from mcdrop.repository import Manifest, save_model
-
-TOKEN_MODEL = """
-import torch
-from torch import nn
-
-from mcdrop import MCDropout
-
-
-class TokenRegressor(nn.Module):
-    def __init__(self, vocab: int, dim: int) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
-        self.drop = MCDropout(0.3)
-        self.head = nn.Linear(dim, 1)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.emb(ids).mean(1)))
-
-
-def build(vocab: int = 10, dim: int = 8) -> nn.Module:
-    return TokenRegressor(vocab, dim)
-"""
 
 
 @pytest.fixture(scope="module")
