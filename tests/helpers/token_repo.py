@@ -10,6 +10,7 @@ import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,14 +42,20 @@ def build(vocab: int = 10, dim: int = 8) -> nn.Module:
 """
 
 
-def make_token_repo(root: Path) -> Path:
-    """Write the three models under ``root/repo``; returns that folder."""
+def token_source(root: Path) -> tuple[Path, Any]:
+    """Write :data:`TOKEN_MODEL` to ``root/token_model.py``: (its path, the imported module)."""
     source = root / "token_model.py"
     source.write_text(TOKEN_MODEL)
-    spec = importlib.util.spec_from_file_location("_token_model_src", source)
+    spec = importlib.util.spec_from_file_location(f"_token_model_{id(root)}", source)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return source, module
+
+
+def make_token_repo(root: Path) -> Path:
+    """Write the three models under ``root/repo``; returns that folder."""
+    source, module = token_source(root)
     torch.manual_seed(0)
     net = module.build()
     common = dict(version="1", task="regression", output_shape=(1,), default_samples=16,

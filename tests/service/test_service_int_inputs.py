@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.live_server import app_client
-from helpers.token_repo import TOKEN_MODEL
+from helpers.token_repo import token_source
 from svc_helpers import make_settings
 
 from mcdrop.repository import Manifest, save_model
@@ -17,14 +17,7 @@ from mcdrop.repository import Manifest, save_model
 @pytest.fixture(scope="module")
 def token_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tokens")
-    source = root / "token_model.py"
-    source.write_text(TOKEN_MODEL)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("token_model_src", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    source, module = token_source(root)
     torch.manual_seed(0)
     manifest = Manifest(
         name="tokens", version="1", task="regression", description="token ids -> 1",
