@@ -36,6 +36,7 @@ RAY_PREFIX = ENV_PREFIX + "RAY_"
 DEFAULT_MODELS_DIR = default_models_dir()
 APP_NAME = "mcdrop"
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 
 # The environment from_env reads; None (the default) when Settings(...) is built directly.
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("mcdrop_environ", default=None)
@@ -273,6 +274,20 @@ class Settings(_Clean, BaseSettings):
     compile : bool
         Run each model's stochastic part as a ``torch.compile`` graph
         (``MCPredictor(compile=True)``); compiled during warm-up, before ready.
+    load_timeout_s : float
+        Longest a model folder may take to import, build, load its weights and warm up;
+        past it the model is marked failed and the others are served (a hung import keeps
+        running in a daemon thread: Python cannot stop a thread).
+    strict_readiness : bool
+        True: ``/health/ready`` is 200 only when every model folder is loaded and none
+        is loading or failed (the Open Inference Protocol's meaning). False: 200 as soon
+        as loading finished with at least one model serving.
+    model_control : str
+        ``none`` (load every folder at start; no load/unload routes), ``explicit`` (the
+        repository load/unload routes may change what is served) or ``poll`` (the
+        repository folder is watched and changes are loaded).
+    poll_interval_s : float
+        How often ``poll`` looks at the repository folder.
     ray : RaySettings
         The Ray Serve engine's options (``MCDROP_RAY_*``).
     """
@@ -308,12 +323,18 @@ class Settings(_Clean, BaseSettings):
     precision: str = "fp32"
     devices: tuple[str, ...] = ()
     compile: bool = False
+    load_timeout_s: float = 60.0
+    strict_readiness: bool = True
+    model_control: str = "none"
+    poll_interval_s: float = 5.0
     ray: RaySettings = RaySettings()
 
-    _bools = field_validator("batching", "share_unseeded", "compile", mode="before")(_parse_bool)
+    _bools = field_validator(
+        "batching", "share_unseeded", "compile", "strict_readiness", mode="before"
+    )(_parse_bool)
     _lists = field_validator("cors_origins", "devices", mode="before")(_parse_list)
 
-    @field_validator("log_level", "device", "precision", mode="before")
+    @field_validator("log_level", "device", "precision", "model_control", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.strip().lower() if isinstance(v, str) else v
@@ -348,6 +369,12 @@ class Settings(_Clean, BaseSettings):
                "must be > 0")  # fmt: skip
         _check(self.log_level, self.log_level in _LOG_LEVELS, f"{p}LOG_LEVEL",
                f"must be one of {', '.join(_LOG_LEVELS)}")  # fmt: skip
+        _check(self.load_timeout_s, 0 < self.load_timeout_s <= 86400, f"{p}LOAD_TIMEOUT_S",
+               "must be in (0, 86400]")  # fmt: skip
+        _check(self.model_control, self.model_control in MODEL_CONTROL_MODES,
+               f"{p}MODEL_CONTROL", "must be none, explicit or poll")  # fmt: skip
+        _check(self.poll_interval_s, 0.1 <= self.poll_interval_s <= 3600,
+               f"{p}POLL_INTERVAL_S", "must be in [0.1, 3600]")  # fmt: skip
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError(f"{p}API_KEY must not be blank (unset it to disable auth)")
         return self
