@@ -1,4 +1,4 @@
-"""The one place where errors become HTTP status codes.
+"""The one place where errors become HTTP status codes (and gRPC ones: :func:`grpc_status_for`).
 
 Service code raises the exceptions below (or lets :mod:`mcdrop.errors` ones through);
 :func:`status_for` picks the code and :func:`error_response` writes ``{"error": "..."}``.
@@ -49,6 +49,7 @@ __all__ = [
     "ClientDisconnected",
     "shown",
     "status_for",
+    "grpc_status_for",
     "error_response",
     "INTERNAL_ERROR_MESSAGE",
 ]
@@ -152,6 +153,28 @@ def status_for(exc: BaseException) -> int:
     if isinstance(exc, (InvalidInputError, ModelOutputError)):
         return 422
     return 500
+
+
+# The gRPC status (a grpc.StatusCode name) of each error: bad input is INVALID_ARGUMENT,
+# never UNKNOWN or INTERNAL; 413 is what grpcio itself answers past the message limit.
+_GRPC_STATUS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_status_for(exc: BaseException) -> str:
+    """The gRPC status code name (``grpc.StatusCode[...]``) for ``exc``: the HTTP status
+    of :func:`status_for`, translated; ``INTERNAL`` for server-side failures."""
+    return _GRPC_STATUS.get(status_for(exc), "INTERNAL")
 
 
 def from_http_status(status: int, message: str) -> ServiceError:
