@@ -226,6 +226,10 @@ class Settings(_Clean, BaseSettings):
         (:func:`mcdrop.repository.default_models_dir`).
     host, port : str, int
         Where ``mcdrop serve`` listens (default 127.0.0.1:8000).
+    grpc_port : int or None
+        The Open Inference Protocol over gRPC on ``host`` at this port, served by the same
+        process; None (the default here): no gRPC. ``mcdrop serve`` uses 8001 unless told
+        otherwise (``--grpc-port``, ``--no-grpc``), as Triton does. 0: any free port.
     api_key : str or None
         When set, model routes need ``Authorization: Bearer <key>``.
     max_body_bytes : int
@@ -305,6 +309,7 @@ class Settings(_Clean, BaseSettings):
     models_dir: Path = DEFAULT_MODELS_DIR
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None
     api_key: str | None = None
     max_body_bytes: int = 16 * 2**20
     max_json_depth: int = 100
@@ -356,6 +361,9 @@ class Settings(_Clean, BaseSettings):
             "must be auto, cpu, cuda or cuda:N",
         )
         _check(self.port, 0 <= self.port <= 65535, f"{p}PORT", "must be in [0, 65535]")
+        if self.grpc_port is not None:
+            _check(self.grpc_port, 0 <= self.grpc_port <= 65535, f"{p}GRPC_PORT",
+                   "must be in [0, 65535]")  # fmt: skip
         for name in ("max_body_bytes", "max_json_depth", "max_batch_rows", "max_queue_size",
                      "workers"):  # fmt: skip
             value = getattr(self, name)
