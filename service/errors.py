@@ -13,10 +13,14 @@ Service exceptions (all :class:`ServiceError`)::
     ├── NotFound                404  unknown model, version or route
     ├── MethodNotAllowed        405
     ├── PayloadTooLarge         413  body over MCDROP_MAX_BODY_BYTES
+    ├── ReadTimeout             408  the request head or body arrived too slowly
+    │                                (MCDROP_CONN_HEADER_TIMEOUT_S, ..._MIN_BODY_RATE)
     ├── UnsupportedMediaType    415  a v1 body that is not JSON
     ├── Unprocessable           422  well-formed JSON that does not fit the model
     ├── ModelNotReady           503  the model failed to load, or the server is stopping
     ├── QueueFull               503  the model's queue is full (with Retry-After)
+    ├── TooManyConnections      503  over MCDROP_CONN_MAX_CONNECTIONS (with Retry-After)
+    ├── HeadersTooLarge         431  request line + headers over MCDROP_CONN_MAX_HEADER_BYTES
     ├── RequestTimeout          504  no answer within MCDROP_REQUEST_TIMEOUT_S
     └── ClientDisconnected      499  the client closed the connection before the answer
                                      (nobody reads it: for the access log and metrics)
@@ -47,6 +51,9 @@ __all__ = [
     "QueueFull",
     "RequestTimeout",
     "ClientDisconnected",
+    "ReadTimeout",
+    "HeadersTooLarge",
+    "TooManyConnections",
     "shown",
     "status_for",
     "grpc_status_for",
@@ -118,6 +125,21 @@ class ClientDisconnected(ServiceError):
     """The client went away while its request waited; the request was withdrawn."""
 
 
+class ReadTimeout(ServiceError):
+    """The client sent its request head or body too slowly (the connection is closed)."""
+
+
+class HeadersTooLarge(ServiceError):
+    """The request line and headers are over the size limit (the connection is closed)."""
+
+
+class TooManyConnections(ServiceError):
+    """The server holds its maximum of open connections; retry shortly."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after_s), "Connection": "close"})
+
+
 _SERVICE_STATUS: dict[type[ServiceError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
@@ -130,6 +152,9 @@ _SERVICE_STATUS: dict[type[ServiceError], int] = {
     QueueFull: 503,
     RequestTimeout: 504,
     ClientDisconnected: 499,  # nginx's "client closed request"
+    ReadTimeout: 408,
+    HeadersTooLarge: 431,
+    TooManyConnections: 503,
 }
 
 _HTTP_STATUS_CLASS: dict[int, type[ServiceError]] = {
@@ -162,9 +187,11 @@ _GRPC_STATUS: dict[int, str] = {
     401: "UNAUTHENTICATED",
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
     413: "RESOURCE_EXHAUSTED",
     415: "INVALID_ARGUMENT",
     422: "INVALID_ARGUMENT",
+    431: "RESOURCE_EXHAUSTED",
     499: "CANCELLED",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
