@@ -32,6 +32,7 @@ __all__ = [
     "load_manifest",
     "manifest_from_dict",
     "manifest_to_toml",
+    "version_key",
 ]
 
 MANIFEST_FILE = "model.toml"
@@ -349,5 +350,16 @@ def _toml_table(header: str, table: Mapping[str, Any]) -> list[str]:
 
 
 def manifest_to_toml(manifest: Manifest) -> str:
-    """``model.toml`` text for ``manifest`` (read back by :func:`load_manifest` unchanged)."""
+    """``model.toml`` text for ``manifest`` (read back by :func:`load_manifest` unchanged).
+
+    Written here rather than with tomli-w, which puts every array element on a line of
+    its own (``shape = [64]`` would take three lines, ten output names twelve)."""
     return "\n".join(_toml_table("", manifest.to_dict())) + "\n"
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key under which the highest version is the last: dotted parts compare as
+    numbers when they are digits (``1.10`` after ``1.9``), as text otherwise, and a number
+    after a text part (``1.0`` after ``1.0rc``)."""
+    parts = re.split(r"[.\-+]", version)
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in parts)

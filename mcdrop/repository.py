@@ -77,6 +77,9 @@ __all__ = [
     "load_manifest",
     "load_model",
     "load_repository",
+    "model_folders",
+    "forget_model",
+    "arch_module_name",
     "default_models_dir",
     "save_model",
     "manifest_to_toml",
@@ -165,13 +168,45 @@ class Repository:
 # --------------------------------------------------------------------------------------
 
 
+def arch_module_name(folder: Path, manifest: Manifest) -> str:
+    """The ``sys.modules`` name under which ``folder/model.py`` is imported: unique per
+    folder path, so that two folders never share a module and a reload replaces it."""
+    src = folder / ARCH_FILE
+    digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
+    return f"_mcdrop_model_{re.sub(r'[^A-Za-z0-9_]', '_', manifest.name)}_{digest}"
+
+
+def forget_model(loaded: LoadedModel) -> None:
+    """Drop the imported ``model.py`` of ``loaded`` from ``sys.modules`` (after an unload,
+    so that the module and what it holds can be freed)."""
+    sys.modules.pop(arch_module_name(loaded.path, loaded.manifest), None)
+
+
+def model_folders(root: str | Path) -> list[Path]:
+    """The sub-folders of ``root`` that hold a ``model.toml``, in sorted order (names
+    starting with ``.`` or ``_`` are skipped).
+
+    Raises
+    ------
+    ManifestError
+        ``root`` does not exist or is not a directory.
+    """
+    rootp = Path(root)
+    if not rootp.is_dir():
+        raise ManifestError(f"{rootp}: model repository folder does not exist")
+    return [
+        p
+        for p in sorted(rootp.iterdir())
+        if p.is_dir() and not p.name.startswith((".", "_")) and (p / MANIFEST_FILE).is_file()
+    ]
+
+
 def _import_arch(folder: Path, manifest: Manifest) -> Any:
     """Import ``folder/model.py`` under a unique module name; return the factory."""
     src = folder / ARCH_FILE
     if not src.is_file():
         raise ManifestError(f"{src}: no such file (a model folder needs a {ARCH_FILE})")
-    digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
-    mod_name = f"_mcdrop_model_{re.sub(r'[^A-Za-z0-9_]', '_', manifest.name)}_{digest}"
+    mod_name = arch_module_name(folder, manifest)
     spec = importlib.util.spec_from_file_location(mod_name, src)
     if spec is None or spec.loader is None:  # pragma: no cover - only for odd file systems
         raise ManifestError(f"{src}: cannot be imported")
@@ -183,6 +218,9 @@ def _import_arch(folder: Path, manifest: Manifest) -> Any:
     except Exception as exc:
         sys.modules.pop(mod_name, None)
         raise ManifestError(f"{src}: importing failed: {type(exc).__name__}: {exc}") from exc
+    except BaseException:  # SystemExit, KeyboardInterrupt: not ours to swallow, but no
+        sys.modules.pop(mod_name, None)  # half-imported module stays behind
+        raise
     fn = getattr(module, manifest.factory, None)
     if not callable(fn):
         raise ManifestError(
@@ -317,13 +355,9 @@ def load_repository(root: str | Path) -> Repository:
         ``root`` does not exist or is not a directory.
     """
     rootp = Path(root)
-    if not rootp.is_dir():
-        raise ManifestError(f"{rootp}: model repository folder does not exist")
     repo = Repository(root=rootp)
     owners: dict[str, str] = {}
-    for folder in sorted(p for p in rootp.iterdir() if p.is_dir()):
-        if folder.name.startswith((".", "_")) or not (folder / MANIFEST_FILE).is_file():
-            continue
+    for folder in model_folders(rootp):
         try:
             loaded = load_model(folder)
         except McdropError as exc:
