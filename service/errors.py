@@ -34,6 +34,7 @@ generic message; the traceback goes to the server log only.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from mcdrop.errors import InvalidInputError, McdropError, ModelOutputError
 from service.responses import FastJSONResponse
@@ -55,6 +56,8 @@ __all__ = [
     "HeadersTooLarge",
     "TooManyConnections",
     "shown",
+    "shown_int",
+    "shown_shape",
     "status_for",
     "grpc_status_for",
     "error_response",
@@ -222,6 +225,23 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
     cut = text[:limit]
     safe = cut.encode("utf-8", "backslashreplace").decode("utf-8")
     return f"'{safe}'" + ("…" if len(text) > limit else "")
+
+
+def shown_int(value: int) -> str:
+    """An integer for an error message: as it is up to 18 digits, else its size (a client
+    may send 4,300 digits, and Python refuses to print a product of such numbers)."""
+    if -(10**18) < value < 10**18:
+        return str(value)
+    return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+
+
+def shown_shape(shape: Any, limit: int = 8) -> str:
+    """A client's shape for an error message: at most ``limit`` dimensions, each
+    :func:`shown_int` (an ellipsis says there were more); not a list of ints: its type."""
+    if not isinstance(shape, list):
+        return f"a {type(shape).__name__}"
+    dims = [shown_int(d) if isinstance(d, int) else type(d).__name__ for d in shape[:limit]]
+    return "[" + ", ".join(dims) + (", …]" if len(shape) > limit else "]")
 
 
 def message_for(exc: BaseException) -> str:
