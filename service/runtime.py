@@ -27,7 +27,7 @@ from mcdrop.predictor import MCPredictor
 from mcdrop.repository import DTYPES, LoadedModel, Manifest
 from service.batching import Batcher
 from service.body import json_type
-from service.errors import ModelNotReady, Unprocessable
+from service.errors import ModelNotReady, Unprocessable, shown_int
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -197,7 +197,7 @@ class ModelRuntime:
         limit = self.manifest.max_batch_rows
         if rows > limit:
             raise Unprocessable(
-                f"too many rows: {rows} (model '{self.name}' takes at most {limit} per "
+                f"too many rows: {shown_int(rows)} (model '{self.name}' takes at most {limit} per "
                 "request); split the request"
             )
 
@@ -227,7 +227,7 @@ class ModelRuntime:
         if not 1 <= samples <= m.max_samples:
             raise Unprocessable(
                 f"samples must be between 1 and {m.max_samples} for model '{self.name}', "
-                f"got {samples}"
+                f"got {shown_int(samples)}"
             )
         return samples
 
