@@ -29,6 +29,7 @@ from service import page, routes_v1, routes_v2
 from service.body import describe_error
 from service.direct import DirectRoutes
 from service.errors import ServiceError, Unprocessable, error_response, from_http_status
+from service.grpc import serving as grpc_serving
 from service.metrics import ServiceMetrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.plane import DataPlane
@@ -121,7 +122,11 @@ def _lifespan(settings: Settings, plane: DataPlane, metrics: ServiceMetrics) -> 
         previous = sys.getswitchinterval()
         sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
         try:
-            yield
+            # gRPC (when settings.grpc_port is set) in this loop, over the same plane; its
+            # exit drains the calls in flight before the batchers stop.
+            async with grpc_serving(settings, plane) as grpc_port:
+                app.state.grpc_port = grpc_port  # the bound port (port 0: a free one)
+                yield
         finally:
             await asyncio.to_thread(plane.stop, settings.drain_seconds)
             sys.setswitchinterval(previous)
