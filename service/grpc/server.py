@@ -1,0 +1,82 @@
+"""The gRPC server: grpcio's asyncio server in the app's process and event loop.
+
+:func:`serving` is entered by the app's lifespan after the models load and left before
+the batchers stop, so gRPC calls go through the same data plane, batchers and limits as
+HTTP ones, and a SIGTERM drains both: ``server.stop(grace)`` refuses new calls and lets
+the ones in flight finish for up to ``MCDROP_DRAIN_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+
+from service.grpc.schema import METHODS, SERVICE, message_class
+from service.grpc.servicer import Servicer
+from service.plane import DataPlane
+from service.settings import Settings
+
+__all__ = ["serving", "handler"]
+
+log = logging.getLogger("mcdrop.service")
+
+
+def handler(servicer: Servicer) -> grpc.GenericRpcHandler:
+    """The service's method table (no generated stubs: each method is a servicer method
+    with the schema's message classes as (de)serializers)."""
+    methods = {}
+    for name, req, resp in METHODS:
+        methods[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=message_class(req).FromString,
+            response_serializer=message_class(resp).SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """grpcio channel options: the HTTP body limit as the largest message received, and
+    port sharing only between our own workers (one process alone fails loudly on a port
+    another program holds, instead of sharing it)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+    ]
+
+
+@asynccontextmanager
+async def serving(settings: Settings, plane: DataPlane) -> AsyncIterator[int | None]:
+    """Serve gRPC on ``settings.host``:``settings.grpc_port`` while inside; yields the bound
+    port (None when ``grpc_port`` is None).
+
+    Raises
+    ------
+    RuntimeError
+        The port cannot be bound (the message names it).
+    """
+    if settings.grpc_port is None:
+        yield None
+        return
+    server = grpc.aio.server(options=server_options(settings))
+    server.add_generic_rpc_handlers((handler(Servicer(plane, settings)),))
+    address = _address(settings.host, settings.grpc_port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"gRPC cannot listen on {address}: {exc} (is it in use?)") from None
+    await server.start()
+    log.info("gRPC (inference.GRPCInferenceService) on %s", _address(settings.host, port))
+    try:
+        yield port
+    finally:
+        # New calls are refused now; those in flight get the drain time to finish.
+        await server.stop(settings.drain_seconds)

@@ -1,0 +1,222 @@
+"""``inference.GRPCInferenceService`` over the data plane.
+
+Each method is a few lines: convert the protobuf request, call the
+:class:`~service.plane.DataPlane`, convert back. The :func:`rpc` decorator is the one place
+where exceptions become gRPC statuses (through :func:`service.errors.grpc_status_for`, the
+same table as the HTTP codes) and where the API key is checked. The model and repository
+methods need the key when one is set, as their HTTP routes do; health and server metadata
+do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+import mcdrop
+from service.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    MethodNotAllowed,
+    NotFound,
+    RequestTimeout,
+    ServiceError,
+    Unauthorized,
+    grpc_status_for,
+    message_for,
+)
+from service.grpc import codec
+from service.grpc.schema import message_class
+from service.plane import DataPlane
+from service.settings import Settings
+
+__all__ = ["Servicer", "rpc", "EXTENSIONS"]
+
+log = logging.getLogger("mcdrop.service")
+
+EXTENSIONS = ("model_configuration", "statistics", "model_repository")
+Handler = Callable[["Servicer", Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+_Msg = {n: message_class(n) for n in (
+    "ServerLiveResponse", "ServerReadyResponse", "ModelReadyResponse",
+    "ServerMetadataResponse", "ModelConfigResponse", "ModelStatisticsResponse",
+    "RepositoryIndexResponse", "RepositoryModelLoadResponse", "RepositoryModelUnloadResponse",
+)}  # fmt: skip
+
+
+def _check_key(key: str | None, context: grpc.aio.ServicerContext) -> None:
+    """When an API key is set, require metadata ``authorization: Bearer <key>``."""
+    if key is None:
+        return
+    header = dict(context.invocation_metadata() or ()).get("authorization")
+    if header is None:
+        raise Unauthorized(
+            "this method needs an API key: send metadata 'authorization: Bearer <key>'"
+        )
+    scheme, _, token = str(header).partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode("utf-8"), key.encode("utf-8")
+    ):
+        raise Unauthorized("invalid API key")
+
+
+def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
+    """Wrap a servicer method: the API key (when ``protected``), then errors to statuses.
+
+    A :class:`~service.errors.ServiceError` or mcdrop error aborts the call with the status
+    of :func:`~service.errors.grpc_status_for` and the message HTTP would send; anything
+    else is INTERNAL with a generic message (the traceback goes to the server log only).
+    """
+
+    def wrap(method: Handler) -> Handler:
+        @functools.wraps(method)
+        async def call(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if protected:
+                    _check_key(self.settings.api_key, context)
+                return await method(self, request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                code = grpc_status_for(exc)
+                if code == "INTERNAL" and not isinstance(exc, (ServiceError, mcdrop.McdropError)):
+                    log.error("gRPC %s: %s: %s", method.__name__, type(exc).__name__, exc,
+                              exc_info=exc)  # fmt: skip
+                    message = INTERNAL_ERROR_MESSAGE
+                else:
+                    message = message_for(exc)
+                await context.abort(grpc.StatusCode[code], message)
+
+        return call
+
+    return wrap
+
+
+def _provided(owner: Any, name: str) -> Any:
+    """``owner.name`` (a module name or an object), or UNIMPLEMENTED while the part of
+    the service it belongs to is not there."""
+    try:
+        target = importlib.import_module(owner) if isinstance(owner, str) else owner
+    except ImportError:
+        target = None
+    fn = getattr(target, name, None)
+    if fn is None:
+        raise MethodNotAllowed(f"{name} is not implemented by this server yet")
+    return fn
+
+
+def _version(v: str) -> str | None:
+    return v or None  # proto3: an unset string is "", meaning the default version
+
+
+class Servicer:
+    """The methods of ``inference.GRPCInferenceService``.
+
+    Parameters
+    ----------
+    plane : DataPlane
+        The same data plane the HTTP routes call.
+    settings : Settings
+    """
+
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+        self.plane = plane
+        self.settings = settings
+
+    # -------------------------------------------------------------- health, metadata
+
+    @rpc(protected=False)
+    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return _Msg["ServerLiveResponse"](live=True)
+
+    @rpc(protected=False)
+    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return _Msg["ServerReadyResponse"](ready=self.plane.ready)
+
+    @rpc(protected=True)
+    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        try:
+            ready = self.plane.model_ready(request.name, _version(request.version))["ready"]
+        except NotFound:
+            raise
+        except ServiceError:  # failed to load or stopping: "not ready", as Triton says
+            ready = False
+        return _Msg["ModelReadyResponse"](ready=bool(ready))
+
+    @rpc(protected=False)
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return _Msg["ServerMetadataResponse"](
+            name="mcdrop", version=mcdrop.__version__, extensions=list(EXTENSIONS)
+        )
+
+    @rpc(protected=True)
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return codec.metadata(self.plane.get(request.name, _version(request.version)))
+
+    # -------------------------------------------------------------- inference
+
+    @rpc(protected=True)
+    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.refuse_if_busy(request.model_name)
+        model = self.plane.get(request.model_name, _version(request.model_version))
+        req = codec.decode_infer(model, request)
+        answer = await self._within_deadline(self.plane.infer(model, req.infer), context)
+        return codec.encode_infer(model, answer, req)
+
+    async def _within_deadline(self, work: Awaitable[Any], context: Any) -> Any:
+        """Await ``work``, withdrawn (out of the queue if not started) at the client's
+        deadline when that comes before the server's own request timeout."""
+        left = context.time_remaining()
+        if left is None or left >= self.settings.request_timeout_s:
+            return await work
+        try:
+            return await asyncio.wait_for(work, max(left, 0.0))
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"no answer within the call's deadline ({left:.3f} s)") from None
+
+    # -------------------------------------------------------------- config, statistics
+
+    @rpc(protected=True)
+    async def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+        model_config = _provided("service.model_info", "model_config")
+        config = model_config(self.plane, request.name, _version(request.version))
+        return json_format.ParseDict(
+            {"config": config}, _Msg["ModelConfigResponse"](), ignore_unknown_fields=True
+        )
+
+    @rpc(protected=True)
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
+        model_statistics = _provided("service.model_info", "model_statistics")
+        stats = model_statistics(self.plane, request.name, _version(request.version))
+        return json_format.ParseDict(
+            stats, _Msg["ModelStatisticsResponse"](), ignore_unknown_fields=True
+        )
+
+    # -------------------------------------------------------------- repository
+
+    @rpc(protected=True)
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
+        resp = _Msg["RepositoryIndexResponse"]()
+        for m in _provided(self.plane, "repository_index")():
+            if request.ready and m.get("state") != "READY":
+                continue
+            resp.models.add(**{k: str(m.get(k) or "") for k in ("name", "version", "state",
+                                                               "reason")})  # fmt: skip
+        return resp
+
+    @rpc(protected=True)
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await _provided(self.plane, "load_model")(request.model_name)
+        return _Msg["RepositoryModelLoadResponse"]()
+
+    @rpc(protected=True)
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await _provided(self.plane, "unload_model")(request.model_name)
+        return _Msg["RepositoryModelUnloadResponse"]()
