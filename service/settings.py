@@ -28,6 +28,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from mcdrop.repository import default_models_dir
+from service.connections import ConnectionSettings
 
 __all__ = ["Settings", "RaySettings", "DEFAULT_MODELS_DIR", "ENV_PREFIX", "RAY_PREFIX"]
 
@@ -294,6 +295,9 @@ class Settings(_Clean, BaseSettings):
         How often ``poll`` looks at the repository folder.
     ray : RaySettings
         The Ray Serve engine's options (``MCDROP_RAY_*``).
+    conn : ConnectionSettings
+        Connection limits of ``mcdrop serve`` (``MCDROP_CONN_*``): timeouts, maximum
+        connections and header size (:mod:`service.connections`).
     """
 
     model_config = SettingsConfigDict(
@@ -333,6 +337,7 @@ class Settings(_Clean, BaseSettings):
     model_control: str = "none"
     poll_interval_s: float = 5.0
     ray: RaySettings = RaySettings()
+    conn: ConnectionSettings = ConnectionSettings()
 
     _bools = field_validator(
         "batching", "share_unseeded", "compile", "strict_readiness", mode="before"
