@@ -1,0 +1,161 @@
+"""Per-model inference statistics: Triton's statistics extension and its metric names.
+
+A :class:`ModelStats` belongs to one served model version (its batcher makes it) and is
+fed where the work happens: the batcher thread reports each engine call and each request's
+outcome with the times it measured, and the event loop reports requests that timed out in
+the queue or were refused. It keeps Triton's cumulative counts (``GET /v2/models/{m}/stats``
+and gRPC ``ModelStatistics`` read :meth:`ModelStats.snapshot`) and moves the Prometheus
+series of the same facts (``nv_inference_*`` and mcdrop's own) in the same call, so the two
+views cannot drift apart.
+
+Definitions (Triton's): a request's *queue* time runs from its arrival at the batcher to
+the start of its batch; its *compute_infer* time is the whole engine time of the batch it
+ran in (a request of a batch of 8 counts all of it, as in Triton); *success* time runs
+from arrival to the answer. So for the successful requests ``queue.count ==
+compute_infer.count == success.count`` and ``success.ns >= queue.ns + compute_infer.ns``.
+``inference_count`` counts rows of successful requests; ``execution_count`` engine calls.
+Input and output conversion happen inside the engine call here, so ``compute_input`` and
+``compute_output`` count the requests with 0 ns: their time is in ``compute_infer``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from service.metrics import ServiceMetrics
+
+__all__ = ["Duration", "ModelStats"]
+
+
+@dataclass
+class Duration:
+    """A count and the total of its durations in nanoseconds (Triton's StatisticDuration)."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        """Count ``count`` more events that took ``ns`` nanoseconds in all."""
+        self.count += count
+        self.ns += ns
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"count", "ns"}``."""
+        return {"count": self.count, "ns": self.ns}
+
+
+class ModelStats:
+    """The statistics of one model version (thread-safe).
+
+    Parameters
+    ----------
+    name, version : str
+        The model and its version (the labels of its series).
+    metrics : ServiceMetrics, optional
+        Where the Prometheus series live; None records the statistics only.
+    """
+
+    def __init__(self, name: str, version: str, metrics: ServiceMetrics | None = None) -> None:
+        self.name = name
+        self.version = version
+        self._lock = threading.Lock()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0  # ms since the epoch of the last answer; 0: none yet
+        self.success, self.fail, self.queue = Duration(), Duration(), Duration()
+        self.compute_infer = Duration()
+        self.batches: dict[int, Duration] = {}  # rows per engine call -> its compute_infer
+        self._m = metrics
+        if metrics is not None:  # label lookups once, not per request
+            labels = (name, version)
+            self._queue_time = metrics.queue_time.labels(*labels)
+            self._compute_time = metrics.compute_time.labels(*labels)
+            self._batch_rows = metrics.batch_rows.labels(*labels)
+            self._batch_requests = metrics.batch_requests.labels(*labels)
+            self._mc_samples = metrics.mc_samples.labels(*labels)
+            self._nv = [
+                g.labels(*labels)
+                for g in (
+                    metrics.nv_success, metrics.nv_failure, metrics.nv_count,
+                    metrics.nv_exec_count, metrics.nv_request_us, metrics.nv_queue_us,
+                    metrics.nv_compute_us,
+                )
+            ]  # fmt: skip
+
+    def executed(self, rows: int, requests: int, compute_ns: int, calls: int = 1) -> None:
+        """A batch ran: ``rows`` rows of ``requests`` requests in ``calls`` engine calls (more
+        than one when a failed batch was re-run request by request), ``compute_ns`` in all."""
+        with self._lock:
+            self.execution_count += calls
+            if calls:  # Triton's batch statistics are of executions that ran
+                self.batches.setdefault(rows, Duration()).add(compute_ns)
+        if self._m is not None:
+            self._compute_time.observe(compute_ns / 1e9)
+            self._batch_rows.observe(rows)
+            self._batch_requests.observe(requests)
+            self._nv[3].inc(calls)
+
+    def succeeded(
+        self, rows: int, samples: int, queue_ns: int, compute_ns: int, total_ns: int
+    ) -> None:
+        """One request answered: ``rows`` rows of ``samples`` MC samples each."""
+        with self._lock:
+            self.inference_count += rows
+            self.success.add(total_ns)
+            self.queue.add(queue_ns)
+            self.compute_infer.add(compute_ns)
+            self.last_inference_ms = time.time_ns() // 1_000_000
+        if self._m is not None:
+            self._queue_time.observe(queue_ns / 1e9)
+            self._mc_samples.inc(samples * rows)
+            nv = self._nv
+            nv[0].inc()
+            nv[2].inc(rows)
+            nv[4].inc(total_ns / 1000)
+            nv[5].inc(queue_ns / 1000)
+            nv[6].inc(compute_ns / 1000)
+
+    def failed(self, total_ns: int, queue_ns: int | None = None) -> None:
+        """One request failed (an error, a timeout in the queue or a refusal), after
+        ``total_ns``; ``queue_ns`` when it reached a batch (mcdrop's wait histogram)."""
+        with self._lock:
+            self.fail.add(total_ns)
+        if self._m is not None:
+            if queue_ns is not None:
+                self._queue_time.observe(queue_ns / 1e9)
+            self._nv[1].inc()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Triton's ``model_stats`` entry for this model version."""
+        with self._lock:
+            answered = {"count": self.success.count, "ns": 0}
+            batches = [
+                {
+                    "batch_size": rows,
+                    "compute_input": {"count": d.count, "ns": 0},
+                    "compute_infer": d.as_dict(),
+                    "compute_output": {"count": d.count, "ns": 0},
+                }
+                for rows, d in sorted(self.batches.items())
+            ]
+            return {
+                "name": self.name,
+                "version": self.version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {
+                    "success": self.success.as_dict(),
+                    "fail": self.fail.as_dict(),
+                    "queue": self.queue.as_dict(),
+                    "compute_input": dict(answered),
+                    "compute_infer": self.compute_infer.as_dict(),
+                    "compute_output": dict(answered),
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
+                },
+                "batch_stats": batches,
+            }
