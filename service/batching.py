@@ -36,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from mcdrop.prediction import MCRequest
 from service.errors import ModelNotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
+from service.model_stats import ModelStats
 
 __all__ = ["Batcher"]
 
@@ -96,6 +97,13 @@ class Batcher(Generic[R]):
     batching : bool
         False: every request runs alone.
     metrics : ServiceMetrics, optional
+    version : str
+        The model's version (metric label).
+
+    Attributes
+    ----------
+    stats : ModelStats
+        Triton's statistics of this model version, fed by the worker and :meth:`submit`.
     """
 
     def __init__(
@@ -108,8 +116,11 @@ class Batcher(Generic[R]):
         max_queue_size: int,
         batching: bool = True,
         metrics: ServiceMetrics | None = None,
+        version: str = "",
     ) -> None:
         self.name = name
+        self.version = version
+        self.stats = ModelStats(name, version, metrics)
         self._run_batch = run_batch
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_delay_s = max(0.0, max_delay_s)
@@ -180,9 +191,12 @@ class Batcher(Generic[R]):
             result: R = await item.future
             return result
         except (TimeoutError, asyncio.CancelledError) as exc:
-            if self._abandon(item) and isinstance(exc, asyncio.CancelledError):
+            abandoned = self._abandon(item)
+            if abandoned and isinstance(exc, asyncio.CancelledError):
                 self._count("cancelled")  # withdrawn before it ran: never computed
             if isinstance(exc, TimeoutError):
+                if abandoned:  # one that started is counted by the worker
+                    self.stats.failed(int((time.monotonic() - item.enqueued) * 1e9))
                 self._count("timeout")
                 raise RequestTimeout(
                     f"model '{self.name}' did not answer within {timeout:g} s; "
@@ -198,6 +212,7 @@ class Batcher(Generic[R]):
         saturation a refusal costs next to nothing (a momentary depth is all it needs)."""
         if len(self._queue) >= self.max_queue_size:
             self._count("rejected")
+            self.stats.failed(0)
             raise QueueFull(
                 f"model '{self.name}' has {len(self._queue)} requests waiting (the limit); "
                 "retry after a short wait"
@@ -266,14 +281,13 @@ class Batcher(Generic[R]):
 
     def _process(self, batch: list[_Item]) -> None:
         start = time.monotonic()
-        if self.metrics is not None:
-            for it in batch:
-                self.metrics.queue_time.labels(self.name).observe(start - it.enqueued)
+        calls = 1  # engine calls that returned (Triton's executions)
         results: list[tuple[_Item, R | None, BaseException | None]]
         try:
             out = self._run_batch([it.request for it in batch])
             results = [_outcome(it, r) for it, r in zip(batch, out, strict=True)]
         except Exception as exc:
+            calls = 0
             if len(batch) == 1:
                 results = [(batch[0], None, exc)]
             else:
@@ -282,20 +296,20 @@ class Batcher(Generic[R]):
                 for it in batch:
                     try:
                         results.append(_outcome(it, self._run_batch([it.request])[0]))
+                        calls += 1
                     except Exception as one_exc:
                         results.append((it, None, one_exc))
-        if self.metrics is not None:
-            m, label = self.metrics, self.name
-            m.compute_time.labels(label).observe(time.monotonic() - start)
-            m.batch_rows.labels(label).observe(sum(it.rows for it in batch))
-            m.batch_requests.labels(label).observe(len(batch))
+        end = time.monotonic()
+        compute_ns = int((end - start) * 1e9)
+        self.stats.executed(sum(it.rows for it in batch), len(batch), compute_ns, calls)
         for it, pred, err in results:
+            queue_ns, total_ns = int((start - it.enqueued) * 1e9), int((end - it.enqueued) * 1e9)
             if err is None and pred is not None:
                 self._count("ok")
-                if self.metrics is not None:
-                    self.metrics.mc_samples.labels(self.name).inc(pred.samples * it.rows)
+                self.stats.succeeded(it.rows, pred.samples, queue_ns, compute_ns, total_ns)
             else:
                 self._count("error")
+                self.stats.failed(total_ns, queue_ns)
             self._resolve(it, pred, err)
 
     def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:
@@ -308,11 +322,11 @@ class Batcher(Generic[R]):
 
     def _set_depth(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.labels(self.name).set(len(self._queue))
+            self.metrics.queue_depth.labels(self.name, self.version).set(len(self._queue))
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.predictions.labels(self.name, outcome).inc()
+            self.metrics.predictions.labels(self.name, self.version, outcome).inc()
 
 
 def _outcome(it: _Item, r: Any) -> tuple[_Item, Any, BaseException | None]:
