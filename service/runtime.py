@@ -178,15 +178,16 @@ class ModelRuntime:
             max_queue_size=s.max_queue_size,
             batching=s.batching_enabled,
             metrics=self.metrics,
+            version=self.manifest.version,
         )
         self.batcher.start()
         self.ready = True
-        self.metrics.model_ready.labels(model=self.name).set(1)
+        self.metrics.model_ready.labels(self.name, self.manifest.version).set(1)
 
     def stop(self, timeout: float) -> None:
         """Refuse new requests and finish the queued ones."""
         self.ready = False
-        self.metrics.model_ready.labels(model=self.name).set(0)
+        self.metrics.model_ready.labels(self.name, self.manifest.version).set(0)
         if self.batcher is not None and not self.batcher.stop(timeout):
             log.warning("model %s: batcher did not finish within %.1f s", self.name, timeout)
 
