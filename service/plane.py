@@ -66,7 +66,7 @@ class DataPlane:
                 rt.warm_up()
             except Exception as exc:  # a model's code may raise anything
                 self.failures[loaded.path.name] = f"warm-up failed: {type(exc).__name__}: {exc}"
-                self.metrics.model_ready.labels(model=name).set(0)
+                self.metrics.model_ready.labels(name, loaded.manifest.version).set(0)
                 continue
             self.models[name] = rt
         for folder, reason in self.failures.items():
