@@ -99,4 +99,5 @@ async def test_disconnect_withdraws_a_queued_request_from_the_batcher() -> None:
         gate.set()
         assert b.stop(5)
     assert seen == [1]  # the withdrawn request never ran
-    assert metrics.value("mcdrop_predictions_total", model="m", outcome="cancelled") == 1
+    cancelled = {"model": "m", "version": "", "outcome": "cancelled"}
+    assert metrics.value("mcdrop_predictions_total", **cancelled) == 1

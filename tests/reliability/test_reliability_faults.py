@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # real servers start in second
 
 ROW = [0.5, -1.0, 2.0, 0.25]
 TIMEOUT_S = 1.2  # MCDROP_REQUEST_TIMEOUT_S of the module's server; sleepy takes 0.5 s a call
+SLEEPY_DEPTH = 'mcdrop_queue_depth{model="sleepy",version="1"}'
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_broken_folders_do_not_stop_the_good_ones(server: Server) -> None:
         assert r.status_code == 503 and fragment in r.json()["error"], r.text
         r = post(server.url, name, [ROW])
         assert r.status_code == 503 and "failed to load" in r.json()["error"]
-    assert metric(server.url, 'mcdrop_model_ready{model="good"}') == 1
+    assert metric(server.url, 'mcdrop_model_ready{model="good",version="1"}') == 1
     assert post(server.url, "good", [ROW], samples=8).status_code == 200
 
 
@@ -82,7 +83,7 @@ def test_broken_folders_do_not_stop_the_good_ones(server: Server) -> None:
 def test_model_exception_fails_only_its_request(server: Server) -> None:
     """crashy raises on a row of 13s: that request (batched with good ones) gets a generic
     500; the requests it shared an engine call with, and the next ones, get 200."""
-    before = metric(server.url, 'mcdrop_batch_requests_count{model="crashy"}')
+    before = metric(server.url, 'mcdrop_batch_requests_count{model="crashy",version="1"}')
     bodies = [[ROW]] * 3 + [[[13.0] * 4]] + [[ROW]] * 3
     with ThreadPoolExecutor(len(bodies)) as pool:
         rs = list(pool.map(lambda rows: post(server.url, "crashy", rows, samples=4), bodies))
@@ -90,7 +91,7 @@ def test_model_exception_fails_only_its_request(server: Server) -> None:
     assert codes == [200, 200, 200, 500, 200, 200, 200], codes
     err = rs[3].json()["error"]
     assert err.startswith("internal server error") and "deadbeef" not in rs[3].text
-    calls = metric(server.url, 'mcdrop_batch_requests_count{model="crashy"}') - before
+    calls = metric(server.url, 'mcdrop_batch_requests_count{model="crashy",version="1"}') - before
     assert calls < len(bodies)  # some shared a batch, so the re-run-alone path was taken
     assert post(server.url, "crashy", [ROW], samples=4).status_code == 200
 
@@ -132,7 +133,7 @@ def test_out_of_memory_in_a_batch_is_retried_with_smaller_chunks(
 def test_slow_model_times_out_with_504_and_the_worker_recovers(server: Server) -> None:
     """sleepy takes 0.5 s per call, one request per call: of 5 concurrent requests the
     later ones pass the 1.2 s deadline. They get 504; those not started leave the queue."""
-    timeouts = 'mcdrop_predictions_total{model="sleepy",outcome="timeout"}'
+    timeouts = 'mcdrop_predictions_total{model="sleepy",outcome="timeout",version="1"}'
     t0 = metric(server.url, timeouts)
     with ThreadPoolExecutor(5) as pool:
         rs = list(pool.map(lambda _: post(server.url, "sleepy", [ROW], samples=2), range(5)))
@@ -141,7 +142,7 @@ def test_slow_model_times_out_with_504_and_the_worker_recovers(server: Server) -
     msg = next(r for r in rs if r.status_code == 504).json()["error"]
     assert f"did not answer within {TIMEOUT_S:g} s" in msg
     assert metric(server.url, timeouts) - t0 == codes.count(504)
-    assert wait_for_metric(server.url, 'mcdrop_queue_depth{model="sleepy"}', 0) == 0
+    assert wait_for_metric(server.url, SLEEPY_DEPTH, 0) == 0
     time.sleep(0.6)  # a request that had started when it timed out finishes its call
     start = time.monotonic()
     assert post(server.url, "sleepy", [ROW], samples=2).status_code == 200
@@ -156,7 +157,7 @@ def test_client_disconnects_withdraw_queued_requests(server: Server) -> None:
     after 0.2 s and closes its connection. The requests still queued are withdrawn without
     being computed, the one running finishes, the queue drains and the server keeps serving.
     """
-    outcome = 'mcdrop_predictions_total{{model="sleepy",outcome="{}"}}'
+    outcome = 'mcdrop_predictions_total{{model="sleepy",outcome="{}",version="1"}}'
     names = ("ok", "cancelled", "timeout")
     before = {n: metric(server.url, outcome.format(n)) for n in names}
 
@@ -175,7 +176,7 @@ def test_client_disconnects_withdraw_queued_requests(server: Server) -> None:
 
     outcomes = asyncio.run(main())
     assert outcomes.count("gave up") == 8, outcomes
-    depth = wait_for_metric(server.url, 'mcdrop_queue_depth{model="sleepy"}', 0, timeout=5)
+    depth = wait_for_metric(server.url, SLEEPY_DEPTH, 0, timeout=5)
     assert depth == 0
     time.sleep(0.7)  # the call that was running when its client left finishes
     got = {n: metric(server.url, outcome.format(n)) - before[n] for n in names}
@@ -205,7 +206,7 @@ def test_sigterm_refuses_new_connections_while_in_flight_requests_finish(
         futures = [
             pool.submit(post, s.url, "sleepy", [ROW], 20, samples=2) for _ in range(4)
         ]  # 4 x 0.5 s, one at a time: about 2 s of work in flight
-        depth = wait_for_metric(s.url, 'mcdrop_queue_depth{model="sleepy"}', 3, timeout=5)
+        depth = wait_for_metric(s.url, SLEEPY_DEPTH, 3, timeout=5)
         assert depth == 3
         s.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)

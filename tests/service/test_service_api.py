@@ -317,13 +317,13 @@ async def test_metrics_and_access_log(
         # prometheus_client writes labels sorted by name
         'mcdrop_http_requests_total{method="POST",route="/v1/models/{name}/predict",status="200"}',
         "mcdrop_http_request_duration_seconds_bucket",
-        'mcdrop_queue_wait_seconds_count{model="reg"}',
-        'mcdrop_batch_compute_seconds_sum{model="reg"}',
-        'mcdrop_batch_rows_bucket{le="1.0",model="reg"}',  # sorted labels, float bounds
-        'mcdrop_queue_depth{model="reg"} 0.0',
-        'mcdrop_mc_samples_total{model="reg"}',
-        'mcdrop_model_ready{model="clf"} 1.0',
-        'mcdrop_predictions_total{model="reg",outcome="ok"}',
+        'mcdrop_queue_wait_seconds_count{model="reg",version="1"}',
+        'mcdrop_batch_compute_seconds_sum{model="reg",version="1"}',
+        'mcdrop_batch_rows_bucket{le="1.0",model="reg",version="1"}',  # sorted labels, float bounds
+        'mcdrop_queue_depth{model="reg",version="1"} 0.0',
+        'mcdrop_mc_samples_total{model="reg",version="1"}',
+        'mcdrop_model_ready{model="clf",version="1"} 1.0',
+        'mcdrop_predictions_total{model="reg",outcome="ok",version="1"}',
     ):
         assert name in text, name
     for line in text.splitlines():  # every sample line is "name{labels} number"
@@ -409,8 +409,8 @@ async def test_seeded_answers_do_not_depend_on_concurrent_load(tiny_repo: Path) 
                 assert np.allclose(a[key], b.json()[key], rtol=0, atol=1e-6), key
         m = c.app.state.metrics  # type: ignore[attr-defined]
         # 48 requests in fewer engine calls: the concurrent ones were batched together.
-        calls = m.value("mcdrop_batch_requests_count", model="clf")
-        assert m.value("mcdrop_batch_requests_sum", model="clf") == 48 + 0 * calls
+        calls = m.value("mcdrop_batch_requests_count", model="clf", version="1")
+        assert m.value("mcdrop_batch_requests_sum", model="clf", version="1") == 48 + 0 * calls
         assert calls < 48 - 5
 
 
@@ -432,7 +432,8 @@ async def test_unseeded_batched_requests_share_draws_unless_told_not_to(
         bodies = [a.json() for a in answers]
         assert all(a.status_code == 200 for a in answers)
         m = c.app.state.metrics  # type: ignore[attr-defined]
-        assert m.value("mcdrop_batch_requests_count", model="clf") < 12  # some were batched
+        # some were batched
+        assert m.value("mcdrop_batch_requests_count", model="clf", version="1") < 12
         seeds = [b["seed"] for b in bodies]
         if share:
             assert len(set(seeds)) < 12

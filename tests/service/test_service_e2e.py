@@ -175,7 +175,8 @@ def test_seeded_answers_under_concurrent_load(server: Server) -> None:
         text = httpx.get(server.url + "/metrics").text
 
         def get(stat: str) -> float:
-            return float(text.split(f'mcdrop_batch_requests_{stat}{{model="clf"}} ')[1].split()[0])
+            key = f'mcdrop_batch_requests_{stat}{{model="clf",version="1"}} '
+            return float(text.split(key)[1].split()[0])
 
         return get("sum"), get("count")
 
@@ -221,7 +222,7 @@ def test_sigterm_drains_in_flight_requests(server_factory: Any, tiny_repo: Path)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # until every request reached the server
             text = httpx.get(s.url + "/metrics").text
-            if 'mcdrop_queue_depth{model="slow"} 3' in text:
+            if 'mcdrop_queue_depth{model="slow",version="1"} 3' in text:
                 break
             time.sleep(0.02)
         s.proc.terminate()
@@ -286,9 +287,9 @@ def test_workers_share_one_metrics_view_and_clean_up(
         r = httpx.post(s.url + "/v1/models/reg/predict",
                        json={"inputs": [ROW], "samples": 2, "seed": i}, timeout=20)  # fmt: skip
         assert r.status_code == 200, r.text
-    name = 'mcdrop_predictions_total{model="reg",outcome="ok"}'
+    name = 'mcdrop_predictions_total{model="reg",outcome="ok",version="1"}'
     for _ in range(6):  # whichever worker answers, it reports both workers' requests
         assert metric(s.url, name) == n
-        assert metric(s.url, 'mcdrop_model_ready{model="reg"}') == 1
+        assert metric(s.url, 'mcdrop_model_ready{model="reg",version="1"}') == 1
     s.stop()
     assert not list(scratch.glob("mcdrop-metrics-*"))
