@@ -249,8 +249,11 @@ def batch_stats(before: dict[str, float], after: dict[str, float], model: str) -
     """Engine calls, mean rows and requests per call between two scrapes."""
 
     def d(name: str) -> float:
-        key = f'{name}{{model="{model}"}}'
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        # every version of the model (the series carry model and version labels)
+        head = f'{name}{{model="{model}",'
+        return sum(v for k, v in after.items() if k.startswith(head)) - sum(
+            v for k, v in before.items() if k.startswith(head)
+        )
 
     calls = d("mcdrop_batch_rows_count")
     return {

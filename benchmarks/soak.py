@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2.0)
         idle = proc_figures(pid)
         metrics = scrape(server.url)
-        depth = metrics.get(f'mcdrop_queue_depth{{model="{args.model}"}}', -1)
+        head = f'mcdrop_queue_depth{{model="{args.model}",'  # any version
+        depth = next((v for k, v in metrics.items() if k.startswith(head)), -1)
         code = server.stop()
 
     requests = sum(outcomes.values())
