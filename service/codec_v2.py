@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pydantic
 from pydantic import ConfigDict, TypeAdapter
+from pydantic.types import FailFast
 
 from mcdrop.errors import ModelOutputError
 from mcdrop.fields import MAX_SEED
 from mcdrop.schemas import InferenceRequest
 from service.body import json_type, validate_body
 from service.codec_v1 import ids_from_texts
-from service.errors import BadRequest, Unprocessable, shown
+from service.errors import BadRequest, Unprocessable, shown, shown_int, shown_shape
 from service.runtime import NP_DTYPES, Answer, InferRequest, ModelRuntime
 
 __all__ = ["V2Request", "decode", "encode", "metadata", "V2_INPUT_NAME", "PLATFORM"]
@@ -34,9 +35,11 @@ _INPUT_TYPES = {
 }
 _TYPE_NAME = {"float32": "FP32", "float64": "FP64", "int64": "INT64"}
 _PER_ROW = ("predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio")
+# FailFast: validation stops at the first bad element (a million strings would otherwise
+# build a million errors on the event loop).
 _FLAT: dict[str, TypeAdapter[Any]] = {
-    "int": TypeAdapter(list[int], config=ConfigDict(strict=True)),
-    "float": TypeAdapter(list[float], config=ConfigDict(strict=True)),
+    "int": TypeAdapter(Annotated[list[int], FailFast()], config=ConfigDict(strict=True)),
+    "float": TypeAdapter(Annotated[list[float], FailFast()], config=ConfigDict(strict=True)),
 }
 
 
@@ -96,7 +99,7 @@ def _options(model: ModelRuntime, req: InferenceRequest) -> tuple[int, int | Non
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise Unprocessable(f"parameters.seed must be an integer, got {json_type(seed)}")
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise Unprocessable(f"parameters.seed must be in [0, 2**63 - 1], got {seed}")
+        raise Unprocessable(f"parameters.seed must be in [0, 2**63 - 1], got {shown_int(seed)}")
     known = model.output_fields()
     seen: set[str] = set()
     # Each output at most once: a repeated name would multiply the answer's size (and the
@@ -121,6 +124,7 @@ def _input_array(model: ModelRuntime, req: InferenceRequest) -> np.ndarray:
             f"got {len(req.inputs)}"
         )
     t = req.inputs[0]
+    where, shape = f"input {shown(t.name)}", shown_shape(t.shape)  # never unbounded
     params = t.parameters or {}
     if "binary_data_size" in params:
         raise BadRequest(
@@ -134,57 +138,51 @@ def _input_array(model: ModelRuntime, req: InferenceRequest) -> np.ndarray:
     kind = "int" if m.input_dtype == "int64" else "float"
     if t.datatype not in _INPUT_TYPES[kind]:
         raise Unprocessable(
-            f"input '{t.name}' has datatype {t.datatype!r}; model '{model.name}' takes "
+            f"{where} has datatype {shown(t.datatype)}; model '{model.name}' takes "
             f"{_TYPE_NAME[m.input_dtype]} (or one of {', '.join(_INPUT_TYPES[kind])})"
         )
     want = [-1, *m.input_shape]
     if len(t.shape) != len(want) or list(t.shape[1:]) != list(m.input_shape):
-        raise Unprocessable(
-            f"input '{t.name}' has shape {t.shape}; model '{model.name}' expects {want}"
-        )
+        raise Unprocessable(f"{where} has shape {shape}; model '{model.name}' expects {want}")
     if t.shape[0] < 1:
-        raise Unprocessable(f"input '{t.name}' is empty (shape {t.shape}); send at least one row")
+        raise Unprocessable(f"{where} is empty (shape {shape}); send at least one row")
     model.check_rows(t.shape[0])
     if t.data is None:
-        raise Unprocessable(f"input '{t.name}' has no data; send it as a JSON list")
+        raise Unprocessable(f"{where} has no data; send it as a JSON list")
     flat = _flatten(t.data)
     expected = math.prod(t.shape)
     if len(flat) != expected:
-        raise Unprocessable(
-            f"input '{t.name}' has {len(flat)} values but shape {t.shape} needs {expected}"
-        )
+        raise Unprocessable(f"{where} has {len(flat)} values but shape {shape} needs {expected}")
     try:
         values = _FLAT[kind].validate_python(flat)
     except pydantic.ValidationError as exc:
         i = int(exc.errors(include_url=False, include_input=False)[0]["loc"][0])
         what = "an integer" if kind == "int" else "a number"
-        raise Unprocessable(
-            f"input '{t.name}' data[{i}] must be {what}, got {json_type(flat[i])}"
-        ) from None
+        raise Unprocessable(f"{where} data[{i}] must be {what}, got {json_type(flat[i])}") from None
     try:
         with np.errstate(over="ignore"):
             arr = np.asarray(values, dtype=NP_DTYPES[m.input_dtype]).reshape(t.shape)
     except OverflowError:
-        raise Unprocessable(f"input '{t.name}' holds integers that do not fit int64") from None
-    return model.finish_array(arr, f"input '{t.name}'")
+        raise Unprocessable(f"{where} holds integers that do not fit int64") from None
+    return model.finish_array(arr, where)
 
 
 def _text_input(model: ModelRuntime, t: Any) -> np.ndarray:
     """A BYTES input of texts -> token ids (B, L), for a model whose folder has a tokenizer."""
+    where, shape = f"input {shown(t.name)}", shown_shape(t.shape)
     if not model.loaded.takes_text:
         raise Unprocessable(
-            f"input '{t.name}' has datatype 'BYTES'; model '{model.name}' takes no text "
+            f"{where} has datatype 'BYTES'; model '{model.name}' takes no text "
             f"(send {_TYPE_NAME[model.manifest.input_dtype]})"
         )
     if t.shape[1:] not in ([], [1]) or not t.shape or t.data is None:
         raise Unprocessable(
-            f"input '{t.name}' of BYTES (texts) must have shape [B] or [B, 1] and data, "
-            f"got shape {t.shape}"
+            f"{where} of BYTES (texts) must have shape [B] or [B, 1] and data, got shape {shape}"
         )
     texts = _flatten(t.data)
     if len(texts) != t.shape[0]:
-        raise Unprocessable(f"input '{t.name}' has {len(texts)} texts but shape {t.shape}")
-    return ids_from_texts(model, texts, f"input '{t.name}' data")
+        raise Unprocessable(f"{where} has {len(texts)} texts but shape {shape}")
+    return ids_from_texts(model, texts, f"{where} data")
 
 
 def _flatten(data: list[Any]) -> list[Any]:
