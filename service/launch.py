@@ -127,6 +127,8 @@ def run_uvicorn(settings: Settings) -> None:
         "models_dir": str(settings.models_dir), "host": settings.host,
         "port": str(settings.port), "log_level": settings.log_level,
         "workers": str(settings.workers),
+        # Empty reads as unset (no gRPC): --no-grpc must win over an inherited variable.
+        "grpc_port": "" if settings.grpc_port is None else str(settings.grpc_port),
     }.items():  # fmt: skip
         os.environ[ENV_PREFIX + name.upper()] = value
     with _metrics_folder():
