@@ -43,13 +43,16 @@ def _address(host: str, port: int) -> str:
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
-    """grpcio channel options: the HTTP body limit as the largest message received, and
-    port sharing only between our own workers (one process alone fails loudly on a port
-    another program holds, instead of sharing it)."""
+    """grpcio channel options: the HTTP body limit as the largest message received.
+
+    The port is opened with SO_REUSEPORT, grpcio's default, which ``--workers N`` needs
+    (each worker binds it; the kernel spreads the connections). The price: a second
+    server of the same user on the same port shares it instead of failing to start; a
+    port another user or a program without SO_REUSEPORT holds still fails loudly."""
     return [
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        ("grpc.so_reuseport", 1),
     ]
 
 
