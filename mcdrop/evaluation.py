@@ -27,11 +27,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from mcdrop.errors import DataError, McdropError
+
+if TYPE_CHECKING:
+    from mcdrop.manifest import Manifest
 
 __all__ = ["main", "read_table", "evaluate", "Progress"]
 
@@ -158,91 +161,23 @@ def evaluate(
     dict
         The report (also written to ``out_dir/report.json``).
     """
-    import torch
-
-    from mcdrop import calibration as cal
-    from mcdrop.repository import DTYPES, load_model
+    from mcdrop.repository import load_model
 
     loaded = load_model(model_dir)
     m = loaded.manifest
-    n_in = math.prod(m.input_shape)
-    if m.task == "regression" and math.prod(m.output_shape) != 1:
-        raise DataError(
-            f"mcdrop evaluate scores single-output regression models; '{m.name}' has output "
-            f"shape {list(m.output_shape)}"
-        )
-    table = read_table(data_file, n_in + 1)
-    x = table[:, :n_in].reshape(-1, *m.input_shape)
-    target = table[:, n_in]
-    dtype = DTYPES[m.input_dtype]
-    if not dtype.is_floating_point and not np.all(x == np.round(x)):
-        raise DataError(f"{data_file}: model '{m.name}' takes integer inputs ({m.input_dtype})")
-    if m.task == "classification":
-        c = m.output_shape[0]
-        bad = np.nonzero((target != np.round(target)) | (target < 0) | (target >= c))[0]
-        if len(bad):
-            raise DataError(
-                f"{data_file}: the last column must hold class indices 0..{c - 1}; row "
-                f"{int(bad[0]) + 1} has {target[bad[0]]:g}"
-            )
-    pred = loaded.predictor()
+    x, target = _read_data(m, data_file)
     s = samples if samples is not None else m.default_samples
-    keep_draws = m.task == "regression" and m.tau is not None
-    step = m.max_batch_rows
-    n = len(x)
-    prog = Progress(math.ceil(n / step), f"evaluate {m.name}", stream)
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n, step):
-        xb = torch.as_tensor(x[start : start + step], dtype=dtype)
-        # Keyed masks: a row's draws depend on the seed, not on the batch it runs in.
-        out = pred.predict(xb, samples=s, seed=seed, return_samples=keep_draws)
-        got: dict[str, torch.Tensor | None] = {"mean": out.mean, "std": out.std}
-        if m.task == "classification":
-            got.update(probs=out.probs, mi=out.mutual_information, ent=out.predictive_entropy)
-        if keep_draws:
-            got["draws"] = out.draws
-        for k, v in got.items():
-            assert v is not None
-            parts.setdefault(k, []).append(v.detach().cpu().double().numpy())
-        prog.update()
-    res = {k: np.concatenate(v, axis=1 if k == "draws" else 0) for k, v in parts.items()}
-
-    metrics: dict[str, Any] = {}
-    figures: list[Callable[[Path], str]] = []  # drawn once the scores are all computed
+    res = _predict_all(loaded.predictor(), m, x, s, seed, stream)
     if m.task == "regression":
-        mean, std = res["mean"][:, 0], res["std"][:, 0]
-        metrics["rmse"] = cal.rmse(target, mean)
-        metrics["gaussian_nll"] = cal.gaussian_nll(target, mean, std)
-        metrics["crps"] = float(cal.crps_gaussian(target, mean, std).mean())
-        metrics["mean_predictive_std"] = float(std.mean())
-        if keep_draws:
-            draws = res["draws"][..., 0]  # (S, N)
-            assert m.tau is not None
-            metrics["mixture_log_likelihood"] = float(
-                cal.mixture_log_likelihood(target, draws, m.tau).mean()
-            )
-        metrics["coverage"] = {
-            str(k): v for k, v in cal.interval_coverage(target, mean, std, levels).items()
-        }
-        figures.append(lambda d: _plot_coverage(d, target, mean, std, m.name))
-        if n_in == 1:
-            figures.append(lambda d: _plot_band(d, x.reshape(-1), target, mean, std, m.name))
+        metrics, figures = _regression_scores(m, x, target, res, levels)
     else:
-        probs, labels = res["probs"], target.astype(np.int64)
-        metrics["accuracy"] = float((probs.argmax(1) == labels).mean())
-        metrics["nll"] = float(-np.log(np.maximum(probs[np.arange(n), labels], 1e-12)).mean())
-        metrics["ece"] = cal.expected_calibration_error(probs, labels, bins)
-        metrics["brier"] = cal.brier_score(probs, labels)
-        metrics["mean_mutual_information"] = float(res["mi"].mean())
-        metrics["mean_predictive_entropy"] = float(res["ent"].mean())
-        rc = cal.reliability_curve(probs, labels, bins)
-        figures.append(lambda d: _plot_reliability(d, rc, metrics["ece"], m.name))
+        metrics, figures = _classification_scores(m, target, res, bins)
     report = {
         "model": m.name,
         "version": m.version,
         "task": m.task,
         "data_file": str(data_file),
-        "rows": n,
+        "rows": len(x),
         "samples": s,
         "seed": seed,
         "tau": m.tau,
@@ -257,6 +192,109 @@ def evaluate(
     return report
 
 
+# A figure is drawn into the output folder once every score is computed; returns its name.
+Figure = Callable[[Path], str]
+Levels = tuple[float, ...]
+
+
+def _read_data(m: Manifest, data_file: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The input rows (shaped for the model) and targets of ``data_file``, checked."""
+    from mcdrop.repository import DTYPES
+
+    n_in = math.prod(m.input_shape)
+    if m.task == "regression" and math.prod(m.output_shape) != 1:
+        raise DataError(
+            f"mcdrop evaluate scores single-output regression models; '{m.name}' has output "
+            f"shape {list(m.output_shape)}"
+        )
+    table = read_table(data_file, n_in + 1)
+    x = table[:, :n_in].reshape(-1, *m.input_shape)
+    target = table[:, n_in]
+    if not DTYPES[m.input_dtype].is_floating_point and not np.all(x == np.round(x)):
+        raise DataError(f"{data_file}: model '{m.name}' takes integer inputs ({m.input_dtype})")
+    if m.task == "classification":
+        c = m.output_shape[0]
+        bad = np.nonzero((target != np.round(target)) | (target < 0) | (target >= c))[0]
+        if len(bad):
+            raise DataError(
+                f"{data_file}: the last column must hold class indices 0..{c - 1}; row "
+                f"{int(bad[0]) + 1} has {target[bad[0]]:g}"
+            )
+    return x, target
+
+
+def _predict_all(
+    pred: Any, m: Manifest, x: np.ndarray, samples: int, seed: int, stream: TextIO | None
+) -> dict[str, np.ndarray]:
+    """Every row's predictions, ``max_batch_rows`` at a time, as float64 arrays (and the
+    draws of regression models with a ``tau``, for the mixture likelihood)."""
+    import torch
+
+    from mcdrop.repository import DTYPES
+
+    keep_draws = m.task == "regression" and m.tau is not None
+    step = m.max_batch_rows
+    prog = Progress(math.ceil(len(x) / step), f"evaluate {m.name}", stream)
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(x), step):
+        xb = torch.as_tensor(x[start : start + step], dtype=DTYPES[m.input_dtype])
+        # Keyed masks: a row's draws depend on the seed, not on the batch it runs in.
+        out = pred.predict(xb, samples=samples, seed=seed, return_samples=keep_draws)
+        got: dict[str, torch.Tensor | None] = {"mean": out.mean, "std": out.std}
+        if m.task == "classification":
+            got.update(probs=out.probs, mi=out.mutual_information, ent=out.predictive_entropy)
+        if keep_draws:
+            got["draws"] = out.draws
+        for k, v in got.items():
+            assert v is not None
+            parts.setdefault(k, []).append(v.detach().cpu().double().numpy())
+        prog.update()
+    return {k: np.concatenate(v, axis=1 if k == "draws" else 0) for k, v in parts.items()}
+
+
+def _regression_scores(
+    m: Manifest, x: np.ndarray, target: np.ndarray, res: dict[str, np.ndarray], levels: Levels
+) -> tuple[dict[str, Any], list[Figure]]:
+    from mcdrop import calibration as cal
+
+    metrics: dict[str, Any] = {}
+    mean, std = res["mean"][:, 0], res["std"][:, 0]
+    metrics["rmse"] = cal.rmse(target, mean)
+    metrics["gaussian_nll"] = cal.gaussian_nll(target, mean, std)
+    metrics["crps"] = float(cal.crps_gaussian(target, mean, std).mean())
+    metrics["mean_predictive_std"] = float(std.mean())
+    if "draws" in res:
+        draws = res["draws"][..., 0]  # (S, N)
+        assert m.tau is not None
+        metrics["mixture_log_likelihood"] = float(
+            cal.mixture_log_likelihood(target, draws, m.tau).mean()
+        )
+    metrics["coverage"] = {
+        str(k): v for k, v in cal.interval_coverage(target, mean, std, levels).items()
+    }
+    figures: list[Figure] = [lambda d: _plot_coverage(d, target, mean, std, m.name)]
+    if math.prod(m.input_shape) == 1:
+        figures.append(lambda d: _plot_band(d, x.reshape(-1), target, mean, std, m.name))
+    return metrics, figures
+
+
+def _classification_scores(
+    m: Manifest, target: np.ndarray, res: dict[str, np.ndarray], bins: int
+) -> tuple[dict[str, Any], list[Figure]]:
+    from mcdrop import calibration as cal
+
+    metrics: dict[str, Any] = {}
+    probs, labels = res["probs"], target.astype(np.int64)
+    metrics["accuracy"] = float((probs.argmax(1) == labels).mean())
+    metrics["nll"] = float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
+    metrics["ece"] = cal.expected_calibration_error(probs, labels, bins)
+    metrics["brier"] = cal.brier_score(probs, labels)
+    metrics["mean_mutual_information"] = float(res["mi"].mean())
+    metrics["mean_predictive_entropy"] = float(res["ent"].mean())
+    rc = cal.reliability_curve(probs, labels, bins)
+    return metrics, [lambda d: _plot_reliability(d, rc, metrics["ece"], m.name)]
+
+
 PLOTS_HINT = "matplotlib is not installed; pip install 'mcdrop[plots]' to get the PNG figures"
 
 
@@ -265,7 +303,7 @@ def has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _write(out: Path, report: dict[str, Any], figures: list[Callable[[Path], str]]) -> None:
+def _write(out: Path, report: dict[str, Any], figures: list[Figure]) -> None:
     """Draw ``figures`` into ``out`` and write report.json last.
 
     A folder this call created is removed again if anything fails, so an error never

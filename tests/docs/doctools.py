@@ -221,43 +221,52 @@ def parse_shown_json(text: str) -> Any:
 
 
 def _value(toks: list[tuple[str, str]], i: int) -> tuple[Any, int]:
+    """The shown value that starts at token ``i`` and the index of the token after it."""
     kind, tok = toks[i]
-    if kind == "str":
+    if kind in ("str", "lit"):
         return json.loads(tok), i + 1
     if kind == "num":
         return Num(tok), i + 1
     if kind == "dots":
         return ANY, i + 1
-    if kind == "lit":
-        return json.loads(tok), i + 1
     if tok == "[":
-        items: list[Any] = []
-        more, i = False, i + 1
-        while toks[i][1] != "]":
-            if toks[i][0] == "dots" and toks[i + 1][1] == "]" and items:
-                more, i = True, i + 1
-                break
-            item, i = _value(toks, i)
-            items.append(item)
-            if toks[i][1] == ",":
-                i += 1
-        if items == [ANY]:  # `[...]`: any list
-            return Arr([], True), i + 1
-        return Arr(items, more), i + 1
+        return _array(toks, i + 1)
     if tok == "{":
-        members: dict[str, Any] = {}
-        more, i = False, i + 1
-        while toks[i][1] != "}":
-            if toks[i][0] == "dots":
-                more, i = True, i + 1
-            else:
-                key = json.loads(toks[i][1])
-                assert toks[i + 1][1] == ":", f"expected ':' after {key!r}"
-                members[key], i = _value(toks, i + 2)
-            if toks[i][1] == ",":
-                i += 1
-        return Obj(members, more), i + 1
+        return _object(toks, i + 1)
     raise ValueError(f"unexpected {tok!r} in shown JSON")
+
+
+def _array(toks: list[tuple[str, str]], i: int) -> tuple[Arr, int]:
+    """The shown list whose first item is token ``i`` (just after its ``[``)."""
+    items: list[Any] = []
+    more = False
+    while toks[i][1] != "]":
+        if toks[i][0] == "dots" and toks[i + 1][1] == "]" and items:
+            more, i = True, i + 1
+            break
+        item, i = _value(toks, i)
+        items.append(item)
+        if toks[i][1] == ",":
+            i += 1
+    if items == [ANY]:  # `[...]`: any list
+        return Arr([], True), i + 1
+    return Arr(items, more), i + 1
+
+
+def _object(toks: list[tuple[str, str]], i: int) -> tuple[Obj, int]:
+    """The shown object whose first member is token ``i`` (just after its ``{``)."""
+    members: dict[str, Any] = {}
+    more = False
+    while toks[i][1] != "}":
+        if toks[i][0] == "dots":
+            more, i = True, i + 1
+        else:
+            key = json.loads(toks[i][1])
+            assert toks[i + 1][1] == ":", f"expected ':' after {key!r}"
+            members[key], i = _value(toks, i + 2)
+        if toks[i][1] == ",":
+            i += 1
+    return Obj(members, more), i + 1
 
 
 def json_problems(shown: Any, actual: Any, where: str = "$") -> list[str]:
