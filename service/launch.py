@@ -4,8 +4,9 @@ Shared by both engines: ``mcdrop serve`` (:mod:`service.server`) and the Ray Ser
 deployment (:mod:`service.ray_app`) import this module and not each other.
 
 SIGTERM/SIGINT under uvicorn: it stops accepting connections, lets in-flight requests
-finish for up to ``MCDROP_DRAIN_SECONDS`` (``timeout_graceful_shutdown``), then the
-lifespan shutdown stops each model's batcher after its queue is empty.
+finish for up to ``MCDROP_DRAIN_SECONDS`` (``timeout_graceful_shutdown``; those still
+running then get a JSON 503), then the lifespan shutdown stops each model's batcher after
+its queue is empty. Connections get the limits of :mod:`service.connections`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.connections import configure
 from service.metrics import MULTIPROC_ENV
 from service.settings import ENV_PREFIX, Settings
 
@@ -89,6 +91,7 @@ def app_factory() -> FastAPI:
     """The app from ``MCDROP_*`` variables (uvicorn's factory for ``--workers`` > 1)."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)
+    configure(settings.conn)  # this worker's connection limits, before its first connection
     return create_app(settings)
 
 
@@ -116,8 +119,13 @@ def run_uvicorn(settings: Settings) -> None:
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": False,  # mcdrop.access writes one JSON line per request
-        "timeout_graceful_shutdown": max(1, round(settings.drain_seconds)),
+        "timeout_graceful_shutdown": settings.drain_seconds,
         "lifespan": "on",
+        # The protocol class with the connection limits (an import path: workers import it).
+        "http": configure(settings.conn),
+        "timeout_keep_alive": settings.conn.idle_timeout_s,
+        # h11's own head limit, above ours so that ours answers first (431, JSON).
+        "h11_max_incomplete_event_size": settings.conn.max_header_bytes + 2**20,
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
