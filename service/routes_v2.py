@@ -15,13 +15,16 @@ from mcdrop.schemas import (
     ModelMetadata,
     ServerMetadata,
 )
-from service import codec_v2, codec_v2_binary
+from service import codec_v2, codec_v2_binary, model_info
 from service.body import parse_json
 from service.deps import admit, get_plane, json_body, require_api_key, unless_disconnected
 from service.plane import DataPlane
 from service.responses import FastJSONResponse
 
-__all__ = ["router"]
+__all__ = ["router", "EXTENSIONS"]
+
+# The protocol extensions the server metadata advertises (Triton's names).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)
@@ -66,12 +69,14 @@ router = APIRouter(tags=["v2"])
 models = APIRouter(prefix="/v2/models/{name}", dependencies=[Depends(require_api_key)])
 # The infer routes check the API key themselves: no dependency to solve on the hot path.
 hot = APIRouter(prefix="/v2/models/{name}")
+# Statistics of every model: registered before ``models`` so that "stats" is not a name.
+every = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 @router.get("/v2", response_model=ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
     """Server name, version and protocol extensions."""
-    return {"name": "mcdrop", "version": mcdrop.__version__, "extensions": ["binary_tensor_data"]}
+    return {"name": "mcdrop", "version": mcdrop.__version__, "extensions": list(EXTENSIONS)}
 
 
 @router.get("/v2/health/live")
@@ -102,6 +107,32 @@ async def model_ready(
 ) -> dict[str, Any]:
     """200 when the model serves; 503 if it failed to load; 404 if unknown."""
     return plane.model_ready(name, version)
+
+
+@models.get("/config", responses=_ERRORS)
+@models.get("/versions/{version}/config", responses=_ERRORS)
+async def model_config(
+    name: str, version: str | None = None, plane: DataPlane = Depends(get_plane)
+) -> dict[str, Any]:
+    """Triton's model configuration (``max_batch_size``, ``input``/``output`` with
+    ``data_type`` and ``dims``, ...), as perf_analyzer and Triton's tools read it."""
+    return model_info.model_config(plane, name, version)
+
+
+@every.get("/v2/models/stats", responses=_ERRORS)
+async def all_statistics(plane: DataPlane = Depends(get_plane)) -> dict[str, Any]:
+    """The statistics extension for every served model."""
+    return model_info.model_statistics(plane, None, None)
+
+
+@models.get("/stats", responses=_ERRORS)
+@models.get("/versions/{version}/stats", responses=_ERRORS)
+async def model_statistics(
+    name: str, version: str | None = None, plane: DataPlane = Depends(get_plane)
+) -> dict[str, Any]:
+    """The statistics extension (Triton's fields): counts and cumulative nanoseconds of
+    successes, failures, queue wait and compute; rows answered and engine calls."""
+    return model_info.model_statistics(plane, name, version)
 
 
 async def _v2_body(request: Request) -> Any:
@@ -143,5 +174,6 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     )
 
 
+router.include_router(every)
 router.include_router(models)
 router.include_router(hot)
