@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.body import json_type
-from service.errors import BadRequest
+from service.errors import BadRequest, shown, shown_int, shown_shape
 
 __all__ = ["split_body", "inline_binary_inputs", "binary_outputs", "encode", "HEADER"]
 
@@ -58,17 +58,23 @@ def split_body(body: bytes, declared: str) -> tuple[bytes, bytes]:
     return body[:size], body[size:]
 
 
+def _name(tensor: dict[str, Any]) -> str:
+    """An input's name as messages quote it (cut and escaped: never unbounded)."""
+    name = tensor.get("name", "?")
+    return shown(name) if isinstance(name, str) else "'?'"
+
+
 def _shape_count(name: str, shape: Any) -> int:
     """The element count of a binary input's shape (checked: a list of integers >= 0)."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise BadRequest(f"input '{name}' with binary data needs a shape of integers >= 0")
+        raise BadRequest(f"input {name} with binary data needs a shape of integers >= 0")
     count = 1
     for d in shape:
         count *= d
         if count > 1 << 40:
-            raise BadRequest(f"input '{name}' has a shape too large for its binary data")
+            raise BadRequest(f"input {name} has a shape too large for its binary data")
     return count
 
 
@@ -78,41 +84,39 @@ def _bytes_elements(name: str, raw: bytes, count: int) -> list[str]:
     pos = 0
     while pos < len(raw):
         if pos + 4 > len(raw):
-            raise BadRequest(f"input '{name}': a BYTES element's length prefix is truncated")
+            raise BadRequest(f"input {name}: a BYTES element's length prefix is truncated")
         (n,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if pos + n > len(raw):
-            raise BadRequest(f"input '{name}': a BYTES element runs past its binary_data_size")
+            raise BadRequest(f"input {name}: a BYTES element runs past its binary_data_size")
         try:
             out.append(raw[pos : pos + n].decode("utf-8"))
         except UnicodeDecodeError:
-            raise BadRequest(f"input '{name}': a BYTES element is not UTF-8 text") from None
+            raise BadRequest(f"input {name}: a BYTES element is not UTF-8 text") from None
         pos += n
     if len(out) != count:
-        raise BadRequest(
-            f"input '{name}' has {len(out)} BYTES elements but its shape needs {count}"
-        )
+        raise BadRequest(f"input {name} has {len(out)} BYTES elements but its shape needs {count}")
     return out
 
 
 def _tensor_data(tensor: dict[str, Any], raw: bytes) -> list[Any]:
     """One input's raw bytes -> flat JSON-like data, sizes checked against shape x type."""
-    name = str(tensor.get("name", "?"))[:64]
+    name = _name(tensor)
     dtype = tensor.get("datatype")
     count = _shape_count(name, tensor.get("shape"))
     if dtype == "BYTES":
         return _bytes_elements(name, raw, count)
     if not isinstance(dtype, str) or dtype not in _NP_TYPES:
-        shown = repr(dtype)[:40] if isinstance(dtype, str) else json_type(dtype)
+        got = shown(dtype, 40) if isinstance(dtype, str) else json_type(dtype)
         raise BadRequest(
-            f"input '{name}' has datatype {shown}, which the binary extension does not "
+            f"input {name} has datatype {got}, which the binary extension does not "
             f"define (one of {', '.join([*_NP_TYPES, 'BYTES'])})"
         )
     np_type = np.dtype(_NP_TYPES[dtype])
     if len(raw) != count * np_type.itemsize:
         raise BadRequest(
-            f"input '{name}' has {len(raw)} bytes of binary data but shape "
-            f"{tensor['shape']} of {dtype} needs {count * np_type.itemsize}"
+            f"input {name} has {len(raw)} bytes of binary data but shape "
+            f"{shown_shape(tensor['shape'])} of {dtype} needs {count * np_type.itemsize}"
         )
     arr = np.frombuffer(raw, dtype=np_type)
     if np_type.kind == "b":
@@ -139,15 +143,15 @@ def inline_binary_inputs(obj: Any, tail: bytes) -> Any:
         params = tensor.get("parameters") if isinstance(tensor, dict) else None
         if not isinstance(params, dict) or "binary_data_size" not in params:
             continue
-        name = str(tensor.get("name", "?"))[:64]
+        name = _name(tensor)
         size = params.pop("binary_data_size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BadRequest(f"input '{name}' binary_data_size must be an integer >= 0")
+            raise BadRequest(f"input {name} binary_data_size must be an integer >= 0")
         if "data" in tensor:
-            raise BadRequest(f"input '{name}' has both data and binary_data_size; send one")
+            raise BadRequest(f"input {name} has both data and binary_data_size; send one")
         if pos + size > len(tail):
             raise BadRequest(
-                f"input '{name}' binary_data_size {size} runs past the body "
+                f"input {name} binary_data_size {shown_int(size)} runs past the body "
                 f"({len(tail) - pos} bytes left after the JSON header)"
             )
         tensor["data"] = _tensor_data(tensor, tail[pos : pos + size])
