@@ -36,6 +36,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from mcdrop.errors import InvalidInputError, McdropError, ModelOutputError
 from service.responses import FastJSONResponse
 
@@ -180,6 +182,8 @@ def status_for(exc: BaseException) -> int:
         return 500
     if isinstance(exc, (InvalidInputError, ModelOutputError)):
         return 422
+    if isinstance(exc, ClientDisconnect):  # gone while its body was read (or cut off)
+        return 499
     return 500
 
 
@@ -254,6 +258,8 @@ def message_for(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, McdropError):
         return "the model is misconfigured on the server; the server log has the details"
+    if isinstance(exc, ClientDisconnect):
+        return "the client closed the connection before its request body arrived"
     return INTERNAL_ERROR_MESSAGE
 
 
