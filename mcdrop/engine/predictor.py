@@ -29,6 +29,7 @@ from mcdrop.engine.adaptive import predict_adaptive
 from mcdrop.engine.config import EngineConfig, Precision, SplitMode, Task
 from mcdrop.engine.exact import predict_exact
 from mcdrop.engine.inputs import as_tensor, checked, model_rejects_inputs, seed_of
+from mcdrop.engine.jobs import ManyJob
 from mcdrop.engine.plan import Group, unpack_output
 from mcdrop.engine.requests import group_requests
 from mcdrop.engine.runner import Runner, mc_flags
@@ -234,12 +235,19 @@ class MCPredictor:
         requests are then no longer independent of each other (their Monte Carlo errors
         correlate). It saves the per-request masks: for one-row requests most of the work.
         """
+        job = self.start_many(requests, share_unseeded=share_unseeded)
+        while not job.step():
+            pass
+        return job.result()
+
+    def start_many(self, requests: Sequence[MCRequest], *, share_unseeded: bool = False) -> ManyJob:
+        """:meth:`predict_many` as a job run one forward chunk per ``job.step()``, so that a
+        caller can interleave other work between chunks or abandon it; ``job.result()``
+        gives the same predictions :meth:`predict_many` would. Input errors are raised here
+        (naming the request), errors of the model by the step that meets them."""
         with self._lock, model_rejects_inputs():
-            if not requests:
-                return []
             plan = group_requests(requests, self._checked, self.config.sample_count, share_unseeded)
-            self._execute(plan.groups, False)
-            return plan.answers(self.runner.summary.finish(plan.groups))
+        return ManyJob(self.runner, self._replicas, self._lock, plan)
 
     def deterministic(self, x: Any) -> torch.Tensor:
         """One plain eval-mode forward pass (no dropout): the cost baseline, (B, *O)."""

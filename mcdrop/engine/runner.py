@@ -25,7 +25,7 @@ from mcdrop.engine.planner import Planner
 from mcdrop.engine.summaries import TaskSummary
 from mcdrop.errors import ModelOutputError
 
-__all__ = ["Runner", "RunStats", "CPU_BUDGET_BYTES", "mc_flags"]
+__all__ = ["Runner", "RunStats", "RunWork", "CPU_BUDGET_BYTES", "mc_flags"]
 
 log = logging.getLogger("mcdrop")
 
@@ -41,6 +41,45 @@ class RunStats:
     """What the last call ran: the rows of each forward chunk (planning passes excluded)."""
 
     chunk_rows: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RunWork:
+    """A run in progress (:meth:`Runner.begin`): the (plan, groups) parts still to run and
+    the (group, first sample, end sample) ranges left of the current part."""
+
+    parts: list[tuple[Plan, list[Group]]]
+    keep: bool
+    stats: RunStats
+    part: int = 0
+    pending: list[Segment] | None = None
+    budget: int = 1
+
+    @property
+    def done(self) -> bool:
+        """True once every part has run."""
+        return self.part >= len(self.parts)
+
+
+def _next_chunk(pending: list[Segment], budget: int) -> list[Segment]:
+    """Take the next chunk's segments (at most ``budget`` rows) off the front of
+    ``pending``, whole samples of a group at a time (a group wider than the budget runs one
+    sample per chunk)."""
+    segs: list[Segment] = []
+    room = budget
+    while pending and room > 0:
+        g, s0, s1 = pending[0]
+        b = len(g.x)
+        take = min(s1 - s0, max(1, room // b)) if (room >= b or not segs) else 0
+        if take == 0:
+            break
+        segs.append((g, s0, s0 + take))
+        room -= take * b
+        if s0 + take == s1:
+            pending.pop(0)
+        else:
+            pending[0] = (g, s0 + take, s1)
+    return segs
 
 
 @contextmanager
@@ -104,38 +143,46 @@ class Runner:
 
     def run(self, groups: list[Group], keep: bool) -> None:
         """All samples of ``groups``, folded into their accumulators."""
+        work = self.begin(groups, keep)
+        while not self.step(work):
+            pass
+
+    def begin(self, groups: list[Group], keep: bool) -> RunWork:
+        """Plan ``groups`` and give them empty accumulators; :meth:`step` then runs them one
+        forward chunk at a time (a caller may interleave other work between chunks, or stop)."""
         with mc_flags(self.model):
             plans = [self.plan(g.x) for g in groups]
-            self.stats = RunStats()  # the passes of this call, not those of planning
-            # One plan per chunk keeps the shared forward well-defined.
-            if len({id(p) for p in plans}) > 1:
-                for g, p in zip(groups, plans):
-                    self._run_groups([g], p, keep)
-            else:
-                self._run_groups(groups, plans[0], keep)
+        self.stats = RunStats()  # the passes of this call, not those of planning
+        # One plan per chunk keeps the shared forward well-defined.
+        if len({id(p) for p in plans}) > 1:
+            parts = [(p, [g]) for g, p in zip(groups, plans)]
+        else:
+            parts = [(plans[0], groups)] if groups else []
+        for plan, gs in parts:
+            for g in gs:
+                self.summary.new_acc(g, plan)
+        return RunWork(parts, keep, self.stats)
 
-    def _run_groups(self, groups: list[Group], plan: Plan, keep: bool) -> None:
-        for g in groups:
-            self.summary.new_acc(g, plan)
-        budget = self.chunk_rows(plan)
-        # Pack (group, sample range) segments into chunks of at most `budget` rows.
-        pending = [(g, g.start, g.start + g.samples) for g in groups]
-        while pending:
-            segs: list[Segment] = []
-            room = budget
-            while pending and room > 0:
-                g, s0, s1 = pending[0]
-                b = len(g.x)
-                take = min(s1 - s0, max(1, room // b)) if (room >= b or not segs) else 0
-                if take == 0:
-                    break
-                segs.append((g, s0, s0 + take))
-                room -= take * b
-                if s0 + take == s1:
-                    pending.pop(0)
-                else:
-                    pending[0] = (g, s0 + take, s1)
-            self._run_chunk(plan, segs, keep)
+    def step(self, work: RunWork) -> bool:
+        """Run the next forward chunk of ``work``; True once every sample has run.
+
+        The chunks, and so the numbers, are those of one uninterrupted :meth:`run`: masks
+        are keyed by (seed, sample), and the packing below does not depend on what ran in
+        between."""
+        if work.done:
+            return True
+        plan, groups = work.parts[work.part]
+        if work.pending is None:  # a new part: its chunk budget is fixed for all its chunks
+            work.budget = self.chunk_rows(plan)
+            work.pending = [(g, g.start, g.start + g.samples) for g in groups]
+        segs = _next_chunk(work.pending, work.budget)
+        self.stats = work.stats  # interleaved runs: the stats of the one that ran last
+        with mc_flags(self.model):
+            self._run_chunk(plan, segs, work.keep)
+        if not work.pending:
+            work.part += 1
+            work.pending = None
+        return work.done
 
     def _run_chunk(self, plan: Plan, segs: list[Segment], keep: bool) -> None:
         try:
