@@ -11,9 +11,13 @@ Each model is timed with
   - ``mcdrop``: :class:`~mcdrop.MCPredictor` (split prefix, chunked, keyed masks),
     ``mcdrop_nosplit`` with the prefix split turned off, and ``mcdrop_compile`` with
     ``compile=True`` (its compilation is paid in the untimed warm-up call).
-Times are medians over repeats with the spread (min, max); peak memory is measured in a
-fresh subprocess per configuration (peak RSS growth on CPU, ``max_memory_allocated`` on
-CUDA). Run ``python benchmarks/engine.py --help`` or ``mcdrop bench --help``.
+A strategy that does not apply to a case (``mcdrop_compile`` where the model cannot be
+compiled, a peer that fails on the model) is reported as n/a with the reason. The models
+and inputs are in :mod:`mcdrop.bench_cases` (float rows, and int64 token ids for the
+Hugging Face case). Times are medians over repeats with the spread (min, max); peak
+memory is measured in a fresh subprocess per configuration (peak RSS growth on CPU,
+``max_memory_allocated`` on CUDA). ``python benchmarks/engine.py --help`` or
+``mcdrop bench --help``.
 """
 
 from __future__ import annotations
@@ -26,107 +30,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from mcdrop import MCPredictor, mc_mode
-
-
-# ----------------------------------------------------------------------------- models
-class ConvNet(nn.Module):
-    """A small ResNet-style CNN with dropout only before the classifier."""
-
-    def __init__(self, width: int = 32, classes: int = 10) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            )
-
-        w = width
-        self.features = nn.Sequential(
-            block(3, w, 1), block(w, 2 * w, 2), block(2 * w, 4 * w, 2), block(4 * w, 8 * w, 2)
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(8 * w, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pool(self.features(x)).flatten(1)  # (B, 8w)
-        return self.fc(self.drop(h))
-
-
-def dropout_mlp(sizes: list[int], p: float = 0.1) -> nn.Sequential:
-    """Linear layers of ``sizes`` with ReLU and dropout after every hidden one."""
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-2], sizes[1:-1]):
-        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(p)]
-    layers.append(nn.Linear(sizes[-2], sizes[-1]))
-    return nn.Sequential(*layers)
-
-
-def mlp(width: int, depth: int, n_in: int = 128) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    d = n_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU(), nn.Dropout(0.1)]
-        d = width
-    layers.append(nn.Linear(d, 1))
-    return nn.Sequential(*layers)
-
-
-class Encoder(nn.Module):
-    def __init__(self, d: int, layers: int, heads: int = 8) -> None:
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.1, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.enc(x).mean(1))
-
-
-@dataclass
-class Case:
-    name: str
-    build: Callable[[], nn.Module]
-    input_shape: tuple[int, ...]
-    samples: int
-    task: str
-
-
-def cases(size: str) -> list[Case]:
-    if size == "gpu":
-        return [
-            Case("cnn", lambda: ConvNet(64, 1000), (64, 3, 224, 224), 100, "classification"),
-            Case("mlp", lambda: mlp(2048, 4), (512, 128), 100, "regression"),
-            Case("transformer", lambda: Encoder(512, 6), (32, 128, 512), 50, "regression"),
-        ]
-    return [
-        Case("cnn", lambda: ConvNet(16, 10), (16, 3, 32, 32), 100, "classification"),
-        Case("mlp", lambda: mlp(512, 4), (64, 128), 100, "regression"),
-        Case("transformer", lambda: Encoder(64, 2, 4), (4, 32, 64), 50, "regression"),
-        # issue 19's CPU target: dropout after every layer, the GEMMs dominate
-        Case(
-            "mlp_wide",
-            lambda: dropout_mlp([64, 512, 512, 512, 10]),
-            (256, 64),
-            100,
-            "classification",
-        ),  # fmt: skip
-    ]
+from mcdrop.bench_cases import Case, cases
 
 
 # ----------------------------------------------------------------------------- strategies
+class NotApplicable(Exception):
+    """A strategy that does not apply to a case (reported as n/a with this reason)."""
+
+
 def _summ(draws: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance over samples, of softmax probabilities for classifiers (as mcdrop)."""
     if task == "classification":
@@ -190,6 +107,13 @@ def run_strategy(
                 return _summ(wrapped(x).float().view(s, x.shape[0], -1), task)
 
         return tu
+    return _mcdrop_strategy(name, model, x, s, task, dtype)
+
+
+def _mcdrop_strategy(
+    name: str, model: nn.Module, x: torch.Tensor, s: int, task: str, dtype: torch.dtype | None
+) -> Callable[[], Any]:
+    """``mcdrop``, ``mcdrop_nosplit`` or ``mcdrop_compile`` (n/a where it would run eagerly)."""
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     pred = MCPredictor(
         model,
@@ -200,6 +124,10 @@ def run_strategy(
         max_samples=max(s, 10_000),
         compile=name == "mcdrop_compile",
     )
+    if name == "mcdrop_compile":
+        how = pred.describe(x)["compile"]
+        if how != "compiled":
+            raise NotApplicable(f"runs eagerly: {how}")
 
     def mc() -> Any:
         return pred.predict(x, seed=0)
@@ -246,25 +174,61 @@ def _mean_variance(result: Any) -> float | None:
     return None if var is None else float(var.double().mean())
 
 
-def _ratio(rows: dict[str, dict[str, float | None]], a: str, b: str) -> float:
-    """Median time of strategy ``a`` over that of ``b``."""
-    ta, tb = rows[a]["median_ms"], rows[b]["median_ms"]
-    assert ta is not None and tb is not None
-    return round(ta / tb, 2)
+Row = dict[str, Any]
+"""One strategy's figures: median_ms, min_ms, max_ms, mean_variance (None when n/a, with
+the reason under "na")."""
 
 
-def time_it(fn: Callable[[], Any], repeats: int, device: torch.device) -> dict[str, float]:
-    fn()  # warm-up (plans, caches, allocator)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+def _ratio(ta: float | None, tb: float | None) -> float | None:
+    """``ta / tb`` rounded; None if either is n/a."""
+    return None if ta is None or tb is None else round(ta / tb, 2)
+
+
+def prepare(
+    name: str, case: Case, model: nn.Module, x: torch.Tensor, ns: argparse.Namespace
+) -> tuple[Callable[[], Any] | None, Row]:
+    """Strategy ``name`` on ``case``, called once (the untimed warm-up, which also gives the
+    answer's mean variance); a strategy that cannot run the case is n/a, not a crash."""
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[ns.precision]
+    try:
+        fn = run_strategy(name, model, x, case.samples, case.task, dtype)
+        return fn, {"mean_variance": _mean_variance(fn())}
+    except NotApplicable as exc:
+        return None, {"na": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a peer that fails on this model is a result
+        return None, {"na": f"fails: {type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def _timed_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_all(
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, interleave: bool
+) -> dict[str, dict[str, float]]:
+    """Median, min and max ms of ``repeats`` calls of each function (already warmed up).
+
+    ``interleave`` times them round-robin (one call of each per round), so that a change in
+    the machine's load hits every strategy alike and their ratios stay comparable.
+    """
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    if interleave:
+        for _ in range(repeats):
+            for n, fn in fns.items():
+                times[n].append(_timed_ms(fn, device))
+    else:
+        for n, fn in fns.items():
+            times[n] = [_timed_ms(fn, device) for _ in range(repeats)]
+    return {
+        n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)}
+        for n, t in times.items()
+    }
 
 
 def _status_kib(field: str) -> int:
@@ -281,7 +245,7 @@ def peak_memory_child(args: argparse.Namespace) -> None:
     case = next(c for c in cases(args.size) if c.name == args.case)
     device = torch.device(args.device)
     model = case.build().to(device).eval()
-    x = torch.randn(*case.input_shape, device=device)
+    x = case.make_input(device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     fn = run_strategy(args.strategy, model, x, args.samples, case.task, dtype)
     if device.type == "cuda":
@@ -340,7 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--cases", default="cnn,mlp,transformer")
+    ap.add_argument(
+        "--cases", default="cnn,mlp,transformer,bert", help="comma-separated (also: mlp_wide)"
+    )
+    ap.add_argument("--strategies", default=None, help="comma-separated subset (default: all)")
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the strategies round-robin (one call each per round): ratios that hold "
+        "on a loaded machine",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--big-samples", type=int, default=10_000, help="S for the memory-scaling row")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -355,7 +328,6 @@ def main(argv: list[str] | None = None) -> int:
         peak_memory_child(ns)
         return 0
     device = torch.device(ns.device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[ns.precision]
     info = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.processor() or platform.machine(),
@@ -364,53 +336,79 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": ns.precision,
     }
-    results: dict[str, Any] = {"info": info, "cases": {}}
+    results: dict[str, Any] = {"info": info, "cases": {}, "skipped": {}}
     wanted = ns.cases.split(",")
     for case in [c for c in cases(ns.size) if c.name in wanted]:
-        torch.manual_seed(0)
-        model = case.build().to(device).eval()
-        x = torch.randn(*case.input_shape, device=device)
-        rows: dict[str, dict[str, float | None]] = {}
-        print(f"# {case.name}: input {case.input_shape}, S = {case.samples}", file=sys.stderr)
-        for name in strategies():
-            fn = run_strategy(name, model, x, case.samples, case.task, dtype)
-            rows[name] = dict(time_it(fn, ns.repeats, device))
-            rows[name]["mean_variance"] = _mean_variance(fn())
-            print(f"  {name:18s} {rows[name]['median_ms']:9.2f} ms", file=sys.stderr, flush=True)
-        det = rows["deterministic"]["median_ms"]
-        assert det is not None
-        for r in rows.values():
-            r["x_deterministic"] = round(r["median_ms"] / det, 2)  # type: ignore[operator]
-        # A peer whose answer has zero variance did not sample dropout: not a competitor.
-        peers = [
-            rows[n]["median_ms"]
-            for n in ("loop", "replicate", "torch_uncertainty")
-            if n in rows and (rows[n].get("mean_variance") or 0.0) > 0.0
-        ]
-        best_peer = min(p for p in peers if p is not None)
-        entry: dict[str, Any] = {
-            "input_shape": case.input_shape,
-            "samples": case.samples,
-            "times": rows,
-            "mcdrop_speedup_vs_best_peer": round(best_peer / rows["mcdrop"]["median_ms"], 2),  # type: ignore[operator]
-            "compile_x_floor": _ratio(rows, "mcdrop_compile", "gemm_floor"),
-            "eager_x_floor": _ratio(rows, "mcdrop", "gemm_floor"),
-        }
-        if not ns.no_memory:
-            mem = {
-                f"{n}@S={case.samples}": peak_memory(case.name, n, case.samples, ns)
-                for n in ("deterministic", "replicate", "mcdrop")
-            }
-            t0 = time.perf_counter()
-            mem[f"mcdrop@S={ns.big_samples}"] = peak_memory(case.name, "mcdrop", ns.big_samples, ns)
-            entry["big_samples_wall_s"] = round(time.perf_counter() - t0, 1)
-            entry["peak_mib"] = mem
-        results["cases"][case.name] = entry
+        why = case.available()
+        if why is not None:
+            print(f"# {case.name}: skipped, {why}", file=sys.stderr)
+            results["skipped"][case.name] = why
+            continue
+        results["cases"][case.name] = run_case(case, ns)
     if ns.json:
         print(json.dumps(results))
     else:
         print_tables(results)
     return 0
+
+
+def run_case(case: Case, ns: argparse.Namespace) -> dict[str, Any]:
+    """Every strategy on ``case`` in this process (and peak memory in subprocesses)."""
+    device = torch.device(ns.device)
+    torch.manual_seed(0)
+    model = case.build().to(device).eval()
+    x = case.make_input(device)
+    rows: dict[str, Row] = {}
+    print(f"# {case.name}: input {case.input_shape} {x.dtype}, S = {case.samples}",
+          file=sys.stderr)  # fmt: skip
+    names = strategies() if ns.strategies is None else ns.strategies.split(",")
+    fns: dict[str, Callable[[], Any]] = {}
+    for name in ["deterministic", *(n for n in names if n != "deterministic")]:
+        fn, rows[name] = prepare(name, case, model, x, ns)
+        if fn is None:
+            print(f"  {name:18s} n/a: {rows[name]['na']}", file=sys.stderr, flush=True)
+            continue
+        fns[name] = fn
+        if not ns.interleave:
+            rows[name].update(time_all({name: fn}, ns.repeats, device, False)[name])
+            print(f"  {name:18s} {rows[name]['median_ms']:9.2f} ms", file=sys.stderr, flush=True)
+    if ns.interleave:
+        for name, timed in time_all(fns, ns.repeats, device, True).items():
+            rows[name].update(timed)
+    for r in rows.values():
+        for key in ("median_ms", "min_ms", "max_ms", "mean_variance"):
+            r.setdefault(key, None)
+        r["x_deterministic"] = _ratio(r["median_ms"], rows["deterministic"]["median_ms"])
+    # A peer whose answer has zero variance did not sample dropout: not a competitor.
+    peers = [
+        rows[n]["median_ms"]
+        for n in ("loop", "replicate", "torch_uncertainty")
+        if n in rows and (rows[n]["mean_variance"] or 0.0) > 0.0
+    ]
+    med = {n: r["median_ms"] for n, r in rows.items()}
+    entry: dict[str, Any] = {
+        "input_shape": case.input_shape,
+        "input_dtype": str(x.dtype).removeprefix("torch."),
+        "samples": case.samples,
+        "times": rows,
+        "mcdrop_speedup_vs_best_peer": _ratio(min(peers) if peers else None, med.get("mcdrop")),
+        "compile_x_floor": _ratio(med.get("mcdrop_compile"), med.get("gemm_floor")),
+        "eager_x_floor": _ratio(med.get("mcdrop"), med.get("gemm_floor")),
+    }
+    if not ns.no_memory:
+        mem = {
+            f"{n}@S={case.samples}": peak_memory(case.name, n, case.samples, ns)
+            for n in ("deterministic", "replicate", "mcdrop")
+        }
+        t0 = time.perf_counter()
+        mem[f"mcdrop@S={ns.big_samples}"] = peak_memory(case.name, "mcdrop", ns.big_samples, ns)
+        entry["big_samples_wall_s"] = round(time.perf_counter() - t0, 1)
+        entry["peak_mib"] = mem
+    return entry
+
+
+def _x(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio}x"
 
 
 def print_tables(results: dict[str, Any]) -> None:
@@ -420,21 +418,28 @@ def print_tables(results: dict[str, Any]) -> None:
         f"torch {info['torch']}, {info['precision']}, {info['date']}"
     )
     for name, e in results["cases"].items():
-        print(f"\n{name}: input {tuple(e['input_shape'])}, S = {e['samples']}")
+        print(f"\n{name}: input {tuple(e['input_shape'])} {e['input_dtype']}, S = {e['samples']}")
         print("| strategy | median ms | min-max ms | x deterministic | mean variance |")
         print("|---|---|---|---|---|")
         for s, r in e["times"].items():
-            var = r.get("mean_variance")
+            if r["median_ms"] is None:
+                print(f"| {s} | n/a: {r['na']} | | | |")
+                continue
+            var = r["mean_variance"]
             shown = "-" if var is None else (f"{var:.3g}" if var > 0 else "0 (no dropout ran!)")
             print(
                 f"| {s} | {r['median_ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f} | "
                 f"{r['x_deterministic']:.2f} | {shown} |"
             )
-        print(f"mcdrop speed-up over the best peer strategy: {e['mcdrop_speedup_vs_best_peer']}x")
-        print(f"against the GEMM floor: eager {e['eager_x_floor']}x, compiled "
-              f"{e['compile_x_floor']}x")  # fmt: skip
+        print(
+            f"mcdrop speed-up over the best peer strategy: {_x(e['mcdrop_speedup_vs_best_peer'])}"
+        )
+        print(f"against the GEMM floor: eager {_x(e['eager_x_floor'])}, compiled "
+              f"{_x(e['compile_x_floor'])}")  # fmt: skip
         if "peak_mib" in e:
             print("peak memory (MiB): " + ", ".join(f"{k} {v}" for k, v in e["peak_mib"].items()))
+    for name, why in results.get("skipped", {}).items():
+        print(f"\n{name}: skipped, {why}")
 
 
 if __name__ == "__main__":
