@@ -8,6 +8,7 @@ so the API pages work without internet access.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
@@ -25,7 +26,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import mcdrop
 from mcdrop.errors import McdropError
-from service import page, routes_v1, routes_v2
+from service import page, routes_repository, routes_v1, routes_v2
 from service.body import describe_error
 from service.direct import DirectRoutes
 from service.errors import ServiceError, Unprocessable, error_response, from_http_status
@@ -41,7 +42,7 @@ log = logging.getLogger("mcdrop.service")
 
 DOCS_STATIC_URL = "/static-offline-docs"  # Swagger UI and ReDoc assets (fastapi-offline)
 BEARER_SCHEME = "bearer"
-_PROTECTED = ("/v1/models", "/v2/models")  # the routes require_api_key guards
+_PROTECTED = ("/v1/models", "/v2/models", "/v2/repository")  # the routes require_api_key guards
 
 
 def create_app(
@@ -49,12 +50,14 @@ def create_app(
     *,
     plane: DataPlane | None = None,
     metrics: ServiceMetrics | None = None,
+    background_load: bool = True,
 ) -> FastAPI:
     """Build the FastAPI app.
 
-    Models load (and warm up) in the lifespan startup, off the event loop; the server
-    reports ready only after. On shutdown each model's batcher finishes its queue
-    (bounded by ``settings.drain_seconds``).
+    Models load (and warm up) in a background task the lifespan startup starts, each in a
+    loader thread with a timeout (:mod:`service.control`); the server reports ready only
+    after. On shutdown each model's batcher finishes its queue (bounded by
+    ``settings.drain_seconds``).
 
     Parameters
     ----------
@@ -65,6 +68,11 @@ def create_app(
         over ``settings`` and ``metrics``, loaded in the lifespan startup.
     metrics : ServiceMetrics, optional
         Default: the plane's, or a new registry of this app's own.
+    background_load : bool
+        True (the default): the lifespan startup returns at once and the models load in
+        a background task (the port binds, ``/health/ready`` is 503 until they are
+        loaded). False: the startup waits for them (Ray Serve, whose replica counts as
+        started when the startup returns).
     """
     settings = settings if settings is not None else Settings.from_env()
     if metrics is None:
@@ -75,7 +83,7 @@ def create_app(
         version=mcdrop.__version__,
         description="Monte Carlo dropout uncertainty over HTTP (v1 JSON API and the "
         "Open Inference Protocol v2).",
-        lifespan=_lifespan(settings, plane, metrics),
+        lifespan=_lifespan(settings, plane, metrics, background_load),
         static_url=DOCS_STATIC_URL,
     )
     app.state.settings = settings
@@ -83,6 +91,7 @@ def create_app(
     app.state.metrics = metrics
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
+    app.include_router(routes_repository.router)
     app.include_router(page.router)
     _install_error_handlers(app)
     if settings.api_key is not None:
@@ -104,21 +113,34 @@ def create_app(
     return app
 
 
-def _lifespan(settings: Settings, plane: DataPlane, metrics: ServiceMetrics) -> Any:
+async def _load(plane: DataPlane, settings: Settings) -> None:
+    """Load every model (the lifespan's background task), then freeze what is alive."""
+    await plane.load_all()
+    log.info(
+        "mcdrop ready: %d model(s) from %s, %d failed",
+        len(plane.models), settings.models_dir, len(plane.failures),
+    )  # fmt: skip
+    # Everything alive now (torch, the models, the app) lives as long as the process:
+    # move it out of the collector's view. Otherwise every full collection walks those
+    # millions of objects while requests wait (p99 at concurrency 32 went from 130 ms to
+    # 36 ms with this line; benchmarks/RESULTS.md).
+    gc.collect()
+    gc.freeze()
+
+
+def _lifespan(
+    settings: Settings, plane: DataPlane, metrics: ServiceMetrics, background_load: bool = True
+) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Models load in the background: the port binds and /health/live answers at
+        # once, /health/ready says 503 (naming the folders) until they are loaded.
+        loading = None
         if not plane.loaded:
-            await asyncio.to_thread(plane.load)
-        log.info(
-            "mcdrop ready: %d model(s) from %s, %d failed",
-            len(plane.models), settings.models_dir, len(plane.failures),
-        )  # fmt: skip
-        # Everything alive now (torch, the models, the app) lives as long as the process:
-        # move it out of the collector's view. Otherwise every full collection walks
-        # those millions of objects while requests wait (p99 at concurrency 32 went from
-        # 130 ms to 36 ms with this line; benchmarks/RESULTS.md).
-        gc.collect()
-        gc.freeze()
+            plane.prepare()
+            loading = asyncio.create_task(_load(plane, settings))
+            if not background_load:
+                await loading
         previous = sys.getswitchinterval()
         sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
         try:
@@ -128,6 +150,11 @@ def _lifespan(settings: Settings, plane: DataPlane, metrics: ServiceMetrics) -> 
                 app.state.grpc_port = grpc_port  # the bound port (port 0: a free one)
                 yield
         finally:
+            await plane.close()
+            if loading is not None and not loading.done():
+                loading.cancel()  # a hung model's thread is abandoned, never waited for
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
             await asyncio.to_thread(plane.stop, settings.drain_seconds)
             sys.setswitchinterval(previous)
             metrics.process_exited()
