@@ -124,7 +124,7 @@ class MCDropReplica:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Called by Ray once per replica, after __init__ and before the lifespan startup.
-        app = create_app(self._settings)
+        app = create_app(self._settings, background_load=False)  # started = models loaded
         app.add_middleware(_ReplicaHeader, replica_id=self._replica)
         self._app = app
         return app
