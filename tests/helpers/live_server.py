@@ -9,12 +9,15 @@ Three ways to reach a real app, from the cheapest:
   about 64 KiB of access lines are written). ``server_factory`` is the fixture form.
 
 Servers bind 127.0.0.1 only and get the caller's ``MCDROP_*`` settings and none inherited
-from the environment. Start-up waits, bounded, until ``/health/ready`` answers 200;
-stopping sends SIGTERM, then SIGKILL after a timeout.
+from the environment. The port binds before the models load (the service loads them in the
+background), so start-up waits, bounded, until loading has finished: ``/health/ready``
+answers 200, or 503 naming failed folders and none still loading (a repository with a
+broken folder under strict readiness). Stopping sends SIGTERM, then SIGKILL after a timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -44,6 +47,7 @@ __all__ = [
     "live_server",
     "metric",
     "server_factory",
+    "settled",
     "start_server",
 ]
 
@@ -58,11 +62,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def settled(response: httpx.Response) -> bool:
+    """Whether a ``/health/ready`` answer says loading has finished: 200, or 503 with no
+    folder still loading (only failures left)."""
+    if response.status_code == 200:
+        return True
+    if response.status_code != 503:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "status" in body and body.get("loading") == []
+
+
+async def _until_loaded(app: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not app.state.plane.loaded:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the app's models did not load within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
 @asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client wired to a fresh app in-process, lifespan included (``c.app``)."""
+async def app_client(
+    settings: Settings, *, wait: bool = True, timeout: float = 120.0
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client wired to a fresh app in-process, lifespan included (``c.app``);
+    with ``wait`` (the default) it is handed over once the models are loaded."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        if wait:
+            await _until_loaded(app, timeout)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://mcdrop.test") as c:
             c.app = app  # type: ignore[attr-defined]
@@ -71,11 +102,16 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @contextmanager
 def live_server(
-    api_key: str | None = None, timeout: float = 60.0, models_dir: Path = MODELS_DIR
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    models_dir: Path = MODELS_DIR,
+    settings: Settings | None = None,
 ) -> Iterator[str]:
     """Serve ``models_dir`` (default: the repository's models) from a thread; yields the
-    base URL."""
-    app = create_app(Settings(models_dir=models_dir, api_key=api_key, log_level="warning"))
+    base URL once the models are loaded. ``settings``, when given, replaces the others."""
+    if settings is None:
+        settings = Settings(models_dir=models_dir, api_key=api_key, log_level="warning")
+    app = create_app(settings)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -86,9 +122,10 @@ def live_server(
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
-    while not server.started:
+    while not (server.started and app.state.plane.loaded):
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
+            server.should_exit = True
+            raise RuntimeError("the test server did not start or load its models")
         time.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -139,8 +176,9 @@ def start_server(
 ) -> ServerProcess:
     """Start ``python -m mcdrop.cli serve`` with ``MCDROP_*`` settings ``env``.
 
-    Returns once ``/health/ready`` is 200; raises RuntimeError with the end of the server's
-    log if it exits or is not ready within ``ready_timeout`` seconds (and stops it).
+    Returns once loading has finished (:func:`settled`: ``/health/ready`` is 200, or 503
+    with only failures); raises RuntimeError with the end of the server's log if it exits
+    or has not finished within ``ready_timeout`` seconds (and stops it).
     """
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
@@ -158,7 +196,7 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-4000:]}")
         try:
-            if httpx.get(server.url + "/health/ready", timeout=1.0).status_code == 200:
+            if settled(httpx.get(server.url + "/health/ready", timeout=1.0)):
                 return server
         except httpx.TransportError:
             pass
