@@ -43,13 +43,15 @@ def _error(r: httpx.Response, status: int, *fragments: str) -> str:
 
 async def test_health_and_server_metadata(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).json() == {"status": "live"}
+    # strict readiness (the default): the broken folder keeps the server not ready
     ready = await client.get("/health/ready")
-    assert ready.status_code == 200
+    assert ready.status_code == 503
     body = ready.json()
-    assert body["status"] == "ready" and body["models"] == ["clf", "reg", "slow"]
-    assert "weights.safetensors" in body["failures"]["broken"]
+    assert body["status"] == "not ready" and body["models"] == ["clf", "reg", "slow"]
+    assert "weights.safetensors" in body["failures"]["broken"] and body["loading"] == []
     assert (await client.get("/v2/health/live")).status_code == 200
-    assert (await client.get("/v2/health/ready")).json() == {"ready": True}
+    v2_ready = await client.get("/v2/health/ready")
+    assert v2_ready.status_code == 503 and v2_ready.json() == {"ready": False}
     meta = (await client.get("/v2")).json()
     assert meta["name"] == "mcdrop" and "binary_tensor_data" in meta["extensions"]
 
@@ -533,7 +535,9 @@ async def test_request_timeout_is_504(tiny_repo: Path) -> None:
 
 
 async def test_api_key_guards_model_routes_only(tiny_repo: Path) -> None:
-    async with app_client(make_settings(tiny_repo, api_key="s3cret")) as c:
+    # lenient readiness, so that /health/ready is 200 despite the broken folder
+    settings = make_settings(tiny_repo, api_key="s3cret", strict_readiness=False)
+    async with app_client(settings) as c:
         for path in ("/v1/models", "/v1/models/reg", "/v2/models/reg", "/v2/models/reg/ready"):
             r = await c.get(path)
             _error(r, 401, "Authorization: Bearer")
