@@ -28,6 +28,7 @@ import mcdrop
 from mcdrop.errors import McdropError
 from service import page, routes_repository, routes_v1, routes_v2
 from service.body import describe_error
+from service.connections import ShutdownAnswerMiddleware, stop_budget
 from service.direct import DirectRoutes
 from service.errors import ServiceError, Unprocessable, error_response, from_http_status
 from service.grpc import serving as grpc_serving
@@ -109,6 +110,8 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    # Requests the shutdown cuts get a JSON 503 (inside the access log, which records it).
+    app.add_middleware(ShutdownAnswerMiddleware)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app
 
@@ -155,7 +158,8 @@ def _lifespan(
                 loading.cancel()  # a hung model's thread is abandoned, never waited for
                 with contextlib.suppress(asyncio.CancelledError):
                     await loading
-            await asyncio.to_thread(plane.stop, settings.drain_seconds)
+            # What is left of the drain, plus a chunk's time: the process exits in time.
+            await asyncio.to_thread(plane.stop, stop_budget(settings.drain_seconds))
             sys.setswitchinterval(previous)
             metrics.process_exited()
 
