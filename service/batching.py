@@ -8,18 +8,27 @@ The event loop only enqueues and awaits; torch runs in the worker thread::
 
 The worker takes the first waiting request, then keeps taking requests until the batch
 holds ``max_batch_rows`` rows or ``max_delay_s`` has passed since it took the first, and
-runs the whole batch in one engine call. After a batch of one it does not wait (a lone
-client gains nothing from it); a larger batch turns the wait back on. The engine gives
-every request the masks it would get alone, so a seeded answer does not depend on what it
-was batched with.
+starts the whole batch as one engine job (``MCPredictor.start_many``). After a batch of one
+it does not wait (a lone client gains nothing from it); a larger batch turns the wait back
+on. The engine gives every request the masks it would get alone, so a seeded answer does
+not depend on what it was batched with.
 
-``run_batch`` returns one result per request; a result that is an exception (say, one
-request's non-finite output) fails that request alone.
+Fair scheduling: a job runs one forward chunk per step, and the worker steps its running
+jobs in turn (round robin), taking the requests that arrived meanwhile as a new job
+without waiting for company. A one-row request that arrives while a maximal request runs
+waits for about one of its chunks, not for all of it. A job of small requests is one
+chunk, so under ordinary load nothing interleaves and batches form as before.
+
+``start_batch`` returns a job whose ``results()`` has one entry per request; an entry that
+is an exception (say, one request's non-finite output) fails that request alone. A plain
+``run_batch`` callable is run as a job of one step.
 
 A full queue answers :class:`~service.errors.QueueFull` at once (503 + Retry-After). A
-request that times out is removed from the queue if it has not started; if it has, its
-result is dropped. When a batch fails, each of its requests is re-run alone so that one bad
-request cannot fail the others; the worker survives any exception.
+request that times out (or whose client leaves) is removed from the queue if it has not
+started; if it has, it is marked cancelled and a job whose requests are all cancelled is
+dropped at its next chunk boundary, so its work stops. It is counted once: as timed out
+(or cancelled), never also as ok. When a batch fails, each of its requests is re-run alone
+so that one bad request cannot fail the others; the worker survives any exception.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from service.errors import ModelNotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 from service.model_stats import ModelStats
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "EngineJob", "Job"]
 
 log = logging.getLogger("mcdrop.service")
 
@@ -51,6 +60,48 @@ R = TypeVar("R", bound=_Result)
 RunBatch = Callable[[Sequence[MCRequest]], Sequence["R | Exception"]]
 
 
+class Job(Protocol):
+    """One batch in the engine, run a chunk at a time (``mcdrop.engine.jobs.ManyJob``)."""
+
+    def step(self) -> bool:
+        """Run the next chunk; True once done."""
+
+    def results(self) -> Sequence[Any]:
+        """One result (or exception) per request, in order; called once done."""
+
+
+StartBatch = Callable[[Sequence[MCRequest]], Job]
+
+
+class EngineJob:
+    """An engine job (``MCPredictor.start_many``) whose predictions ``convert`` turns into
+    the batcher's results (in the worker thread, once the job is done)."""
+
+    def __init__(self, job: Any, convert: Callable[[Sequence[Any]], Sequence[Any]]) -> None:
+        self._job, self._convert = job, convert
+
+    def step(self) -> bool:
+        return bool(self._job.step())
+
+    def results(self) -> Sequence[Any]:
+        return self._convert(self._job.result())
+
+
+class _OneShot:
+    """A plain ``run_batch`` callable as a job of one step."""
+
+    def __init__(self, run_batch: RunBatch[Any], requests: Sequence[MCRequest]) -> None:
+        self._run, self._requests = run_batch, requests
+        self._out: Sequence[Any] = ()
+
+    def step(self) -> bool:
+        self._out = self._run(self._requests)
+        return True
+
+    def results(self) -> Sequence[Any]:
+        return self._out
+
+
 @dataclass(eq=False)
 class _Item:
     request: MCRequest
@@ -59,6 +110,22 @@ class _Item:
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
     state: str = "queued"  # queued -> running | dropped
+    cancelled: bool = False  # set by the event loop once nobody waits for it (it ran)
+
+
+@dataclass(eq=False)
+class _Running:
+    """A batch in the engine: its job and the worker time spent on it."""
+
+    items: list[_Item]
+    job: Job | None
+    began: float  # when the worker took the batch
+    busy: float = 0.0  # seconds of worker time on this job (its steps, not the others')
+    error: BaseException | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        return all(it.cancelled for it in self.items)
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -67,14 +134,18 @@ def _expire(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(TimeoutError())
 
 
-def _settle(fut: asyncio.Future[Any], pred: Any, exc: BaseException | None) -> None:
-    """Runs on the event loop: resolve the future unless the caller gave up on it."""
+def _settle(
+    fut: asyncio.Future[Any], pred: Any, exc: BaseException | None, count: Callable[[], Any]
+) -> None:
+    """Runs on the event loop: resolve the future unless the caller gave up on it (then
+    :meth:`Batcher.submit` counted it), and count the outcome the caller gets."""
     if fut.done():
         return
     if exc is not None:
         fut.set_exception(exc)
     else:
         fut.set_result(pred)  # type: ignore[arg-type]
+    count()
 
 
 class Batcher(Generic[R]):
@@ -84,10 +155,14 @@ class Batcher(Generic[R]):
     ----------
     name : str
         The model name (metric label, messages, thread name).
-    run_batch : callable
+    run_batch : callable, optional
         ``run_batch(requests) -> results``, one per request in order (a prediction with a
         ``samples`` count, or an exception for that request alone); called only from the
-        worker thread (e.g. around ``MCPredictor.predict_many``).
+        worker thread (e.g. around ``MCPredictor.predict_many``). Runs as one step.
+    start_batch : callable, optional
+        ``start_batch(requests) -> job`` (:class:`Job`), instead of ``run_batch``: the
+        worker steps the job a chunk at a time, interleaved with the other running jobs,
+        and drops it once all its requests are cancelled.
     max_batch_rows : int
         Most rows per engine call (a single larger request still runs, alone).
     max_delay_s : float
@@ -104,13 +179,20 @@ class Batcher(Generic[R]):
     ----------
     stats : ModelStats
         Triton's statistics of this model version, fed by the worker and :meth:`submit`.
+    chunks : int
+        Job steps (engine chunks) the worker has run.
+    busy_s : float
+        Seconds the worker has spent in the engine (steps and results).
+    dropped : int
+        Jobs dropped unfinished because every request of theirs was cancelled.
     """
 
     def __init__(
         self,
         name: str,
-        run_batch: RunBatch[R],
+        run_batch: RunBatch[R] | None = None,
         *,
+        start_batch: StartBatch | None = None,
         max_batch_rows: int,
         max_delay_s: float,
         max_queue_size: int,
@@ -121,7 +203,19 @@ class Batcher(Generic[R]):
         self.name = name
         self.version = version
         self.stats = ModelStats(name, version, metrics)
-        self._run_batch = run_batch
+        if start_batch is None:
+            if run_batch is None:
+                raise TypeError("Batcher needs run_batch or start_batch")
+            one: RunBatch[R] = run_batch
+
+            def start_batch(requests: Sequence[MCRequest]) -> Job:
+                return _OneShot(one, requests)
+
+        self._start_batch = start_batch
+        self.chunks = 0
+        self.busy_s = 0.0
+        self.dropped = 0
+        self._counters: dict[str, Callable[[], Any]] = {}
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_delay_s = max(0.0, max_delay_s)
         self.max_queue_size = max_queue_size
@@ -192,8 +286,12 @@ class Batcher(Generic[R]):
             return result
         except (TimeoutError, asyncio.CancelledError) as exc:
             abandoned = self._abandon(item)
-            if abandoned and isinstance(exc, asyncio.CancelledError):
-                self._count("cancelled")  # withdrawn before it ran: never computed
+            if not abandoned:
+                # It is running: its job stops at the next chunk if nobody else waits on
+                # it, and the worker counts it in no outcome (it is counted here, once).
+                item.cancelled = True
+            if isinstance(exc, asyncio.CancelledError):
+                self._count("cancelled")  # the client left (if it was queued: never computed)
             if isinstance(exc, TimeoutError):
                 if abandoned:  # one that started is counted by the worker
                     self.stats.failed(int((time.monotonic() - item.enqueued) * 1e9))
@@ -234,21 +332,34 @@ class Batcher(Generic[R]):
     # ------------------------------------------------------------------ worker side
 
     def _worker(self) -> None:
+        active: deque[_Running] = deque()  # jobs in the engine, stepped in turn
         while True:
-            batch = self._take()
+            batch = self._take(wait=not active)
             if batch is None:
-                return
+                return  # stopped, queue drained, nothing running
             try:
-                self._process(batch)
-            except Exception as exc:  # pragma: no cover - _process catches model errors
+                if batch:
+                    self._begin(batch, active)
+                if active:
+                    run = active.popleft()
+                    if self._advance(run):
+                        self._finish(run, active)
+                    else:
+                        active.append(run)
+            except Exception as exc:  # pragma: no cover - the steps catch model errors
                 log.exception("batcher %s: unexpected failure", self.name)
-                for it in batch:
-                    self._resolve(it, None, exc)
+                for run in active:
+                    for it in run.items:
+                        self._resolve(it, None, exc)
+                active.clear()
 
-    def _take(self) -> list[_Item] | None:
-        """Block for the next batch; None once stopped and drained."""
+    def _take(self, wait: bool = True) -> list[_Item] | None:
+        """The next batch: blocking (None once stopped and drained) or, while jobs run,
+        what is queued now (maybe nothing), without waiting for company."""
         with self._cond:
             while not self._queue:
+                if not wait:
+                    return []
                 if self._closed:
                     return None
                 self._cond.wait()
@@ -259,7 +370,8 @@ class Batcher(Generic[R]):
                 # cannot send its next request while its first one waits (2.5 ms lost per
                 # request at concurrency 1). One lone batch switches the wait off; the
                 # requests that queue meanwhile form a larger batch, which switches it on.
-                delay = self.max_delay_s if self._last_batch_size > 1 else 0.0
+                # Never while other jobs run: they would wait too.
+                delay = self.max_delay_s if wait and self._last_batch_size > 1 else 0.0
                 deadline = time.monotonic() + delay
                 while rows < self.max_batch_rows:
                     if self._queue:
@@ -279,42 +391,79 @@ class Batcher(Generic[R]):
             self._set_depth()
             return batch
 
-    def _process(self, batch: list[_Item]) -> None:
+    def _begin(self, batch: list[_Item], active: deque[_Running]) -> None:
+        """Start ``batch`` as a job at the end of ``active``; a batch the engine refuses is
+        started request by request, so only the request at fault gets the error."""
         start = time.monotonic()
-        calls = 1  # engine calls that returned (Triton's executions)
-        results: list[tuple[_Item, R | None, BaseException | None]]
+        run = _Running(batch, None, start)
         try:
-            out = self._run_batch([it.request for it in batch])
-            results = [_outcome(it, r) for it, r in zip(batch, out, strict=True)]
+            run.job = self._start_batch([it.request for it in batch])
         except Exception as exc:
-            calls = 0
-            if len(batch) == 1:
-                results = [(batch[0], None, exc)]
-            else:
-                # Re-run alone so that only the request at fault gets the error.
-                results = []
+            if len(batch) > 1:
                 for it in batch:
-                    try:
-                        results.append(_outcome(it, self._run_batch([it.request])[0]))
-                        calls += 1
-                    except Exception as one_exc:
-                        results.append((it, None, one_exc))
+                    self._begin([it], active)
+                return
+            run.error = exc
+        run.busy = time.monotonic() - start
+        active.append(run)
+
+    def _advance(self, run: _Running) -> bool:
+        """One step of ``run``'s job; True when it is finished, failed or abandoned."""
+        if run.error is not None or run.job is None:
+            return True
+        if run.abandoned:
+            self.dropped += 1  # nobody waits: its remaining chunks are never computed
+            return True
+        t0 = time.monotonic()
+        try:
+            done = run.job.step()
+        except Exception as exc:
+            run.error, done = exc, True
+        dt = time.monotonic() - t0
+        run.busy += dt
+        self.busy_s += dt
+        self.chunks += 1
+        return done
+
+    def _finish(self, run: _Running, active: deque[_Running]) -> None:
+        """Answer the requests of a finished job (or re-run a failed batch one by one)."""
+        results: Sequence[Any] = ()
+        if run.error is None and run.job is not None and not run.abandoned:
+            t0 = time.monotonic()
+            try:
+                results = run.job.results()
+            except Exception as exc:
+                run.error = exc
+            run.busy += time.monotonic() - t0
+        if run.error is not None and len(run.items) > 1:
+            for it in run.items:  # re-run alone: only the request at fault gets the error
+                if not it.cancelled:
+                    self._begin([it], active)
+            return
         end = time.monotonic()
-        compute_ns = int((end - start) * 1e9)
-        self.stats.executed(sum(it.rows for it in batch), len(batch), compute_ns, calls)
-        for it, pred, err in results:
-            queue_ns, total_ns = int((start - it.enqueued) * 1e9), int((end - it.enqueued) * 1e9)
-            if err is None and pred is not None:
-                self._count("ok")
-                self.stats.succeeded(it.rows, pred.samples, queue_ns, compute_ns, total_ns)
-            else:
-                self._count("error")
+        compute_ns = int(run.busy * 1e9)
+        calls = 0 if run.error is not None or run.abandoned else 1
+        self.stats.executed(sum(it.rows for it in run.items), len(run.items), compute_ns, calls)
+        if run.error is not None:
+            results = [run.error] * len(run.items)
+        elif run.abandoned:
+            results = [None] * len(run.items)
+        for it, r in zip(run.items, results, strict=True):
+            queue_ns = int((run.began - it.enqueued) * 1e9)
+            total_ns = int((end - it.enqueued) * 1e9)
+            if it.cancelled:  # counted by submit() when it gave up
                 self.stats.failed(total_ns, queue_ns)
-            self._resolve(it, pred, err)
+            elif isinstance(r, BaseException):
+                self.stats.failed(total_ns, queue_ns)
+                self._resolve(it, None, r)
+            else:
+                self.stats.succeeded(it.rows, r.samples, queue_ns, compute_ns, total_ns)
+                self._resolve(it, r, None)
 
     def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:
+        outcome = "ok" if exc is None else "error"
         try:
-            it.loop.call_soon_threadsafe(_settle, it.future, pred, exc)
+            it.loop.call_soon_threadsafe(_settle, it.future, pred, exc, self._counter(outcome))
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
@@ -325,10 +474,19 @@ class Batcher(Generic[R]):
             self.metrics.queue_depth.labels(self.name, self.version).set(len(self._queue))
 
     def _count(self, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.predictions.labels(self.name, self.version, outcome).inc()
+        self._counter(outcome)()
+
+    def _counter(self, outcome: str) -> Callable[[], Any]:
+        """The increment of one outcome's counter (bound once: it runs per request)."""
+        fn = self._counters.get(outcome)
+        if fn is None:
+            if self.metrics is None:
+                fn = _nothing
+            else:
+                fn = self.metrics.predictions.labels(self.name, self.version, outcome).inc
+            self._counters[outcome] = fn
+        return fn
 
 
-def _outcome(it: _Item, r: Any) -> tuple[_Item, Any, BaseException | None]:
-    """(item, result, None) or (item, None, error) for one entry of ``run_batch``'s list."""
-    return (it, None, r) if isinstance(r, BaseException) else (it, r, None)
+def _nothing() -> None:
+    return None
