@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request body limit, access log and per-request metrics."""
+"""Pure ASGI middleware: request body limit, access log, per-request metrics and ids."""
 
 from __future__ import annotations
 
@@ -11,12 +11,24 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, error_response
 from service.metrics import ServiceMetrics
 
-__all__ = ["BodyLimitMiddleware", "AccessLogMiddleware"]
+__all__ = ["BodyLimitMiddleware", "AccessLogMiddleware", "METHODS", "method_label"]
 
 access_log = logging.getLogger("mcdrop.access")
+
+# The method label's values: HTTP's registered methods, and "other" for any other token a
+# client sends (h11 and httptools accept any), so a client cannot add series at will.
+METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+)
+
+
+def method_label(method: str) -> str:
+    """``method`` when it is one of :data:`METHODS`, else ``"other"``."""
+    return method if method in METHODS else "other"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -132,10 +144,14 @@ def _inflate(inflater: Any, message: Message, room: int, too_large: Any) -> Mess
 
 
 class AccessLogMiddleware:
-    """One JSON line per request on logger ``mcdrop.access`` and the HTTP metrics.
+    """One JSON line per request on logger ``mcdrop.access``, the HTTP metrics, and the
+    request's id and trace context (:mod:`service.tracing`).
 
-    The route label is the matched route template (``/v1/models/{name}/predict``), so
-    metric cardinality does not grow with model names or bad URLs.
+    The route label is the matched route template (``/v1/models/{name}/predict``) and the
+    method label one of :data:`METHODS` or "other", so metric cardinality does not grow
+    with model names, bad URLs or invented methods. Every response carries
+    ``X-Request-ID`` and ``traceparent``; the context is current while the request runs,
+    so its log records name it too.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
@@ -149,11 +165,13 @@ class AccessLogMiddleware:
         start = time.perf_counter()
         status = 500
         sent = 0
+        ctx, token = tracing.start(_header(scope, b"x-request-id"), _header(scope, b"traceparent"))
 
         async def tracking_send(message: Message) -> None:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message = _with_ids(message, ctx)
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -161,13 +179,18 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         finally:
-            self._record(scope, status, sent, time.perf_counter() - start)
+            try:
+                self._record(scope, status, sent, time.perf_counter() - start, ctx)
+            finally:
+                tracing.finish(token)
 
-    def _record(self, scope: Scope, status: int, sent: int, elapsed: float) -> None:
+    def _record(
+        self, scope: Scope, status: int, sent: int, elapsed: float, ctx: tracing.RequestContext
+    ) -> None:
         route_obj: Any = scope.get("route")
         route = getattr(route_obj, "path", None) or "unmatched"
-        method = scope.get("method", "")
-        self.metrics.requests.labels(route, method, str(status)).inc()
+        method = str(scope.get("method", ""))
+        self.metrics.requests.labels(route, method_label(method), str(status)).inc()
         self.metrics.latency.labels(route).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
@@ -175,13 +198,26 @@ class AccessLogMiddleware:
                 json.dumps(
                     {
                         "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                        "method": method,
+                        "method": method[:16],
                         "path": scope.get("path", ""),
                         "route": route,
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 3),
                         "bytes": sent,
                         "client": f"{client[0]}:{client[1]}" if client else None,
+                        "request_id": ctx.request_id,
+                        "trace_id": ctx.trace_id,
                     }
                 )
             )
+
+
+def _with_ids(message: Message, ctx: tracing.RequestContext) -> Message:
+    """A response start with ``X-Request-ID`` and ``traceparent`` added (read when the
+    response starts: a v2 body's id, adopted by the route, is known by then)."""
+    headers = [
+        *message.get("headers", ()),
+        (b"x-request-id", ctx.request_id.encode("ascii")),
+        (b"traceparent", ctx.traceparent.encode("ascii")),
+    ]
+    return {**message, "headers": headers}

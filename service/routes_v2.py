@@ -15,7 +15,7 @@ from mcdrop.schemas import (
     ModelMetadata,
     ServerMetadata,
 )
-from service import codec_v2, codec_v2_binary, model_info
+from service import codec_v2, codec_v2_binary, model_info, tracing
 from service.body import parse_json
 from service.deps import admit, get_plane, json_body, require_api_key, unless_disconnected
 from service.plane import DataPlane
@@ -161,6 +161,8 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     body = await _v2_body(request)
     model = plane.get(name, version)
     every, names = codec_v2_binary.binary_outputs(body)
+    # The body's id names the request in the logs when no header did (errors included).
+    tracing.adopt_body_id(body.get("id") if isinstance(body, dict) else None)
     req = codec_v2.decode(model, body)
     answer = await unless_disconnected(request, plane.infer(model, req.infer))
     out = codec_v2.encode(model, answer, req)
