@@ -27,6 +27,7 @@ from service.app import create_app
 from service.connections import configure
 from service.metrics import MULTIPROC_ENV
 from service.settings import ENV_PREFIX, Settings
+from service.tracing import RequestIdFilter
 
 __all__ = [
     "app_factory",
@@ -51,11 +52,13 @@ def find_model_folders(root: Path) -> list[Path]:
 
 
 def _attach_stderr(logger: logging.Logger, fmt: str) -> None:
-    """One stderr handler of ours on ``logger`` (a second call adds none)."""
+    """One stderr handler of ours on ``logger`` (a second call adds none); its records
+    carry the request id of the request that logged them (service.tracing)."""
     flag = "_mcdrop_handler"
     if not any(getattr(h, flag, False) for h in logger.handlers):
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter(fmt))
+        h.addFilter(RequestIdFilter())
         setattr(h, flag, True)
         logger.addHandler(h)
 
@@ -63,7 +66,7 @@ def _attach_stderr(logger: logging.Logger, fmt: str) -> None:
 def configure_logging(level: str) -> None:
     """Log records of ``mcdrop.*`` to stderr; access lines (already JSON) as they are."""
     lib = logging.getLogger("mcdrop")
-    _attach_stderr(lib, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _attach_stderr(lib, "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
     lib.setLevel(level.upper())
     access = logging.getLogger("mcdrop.access")
     _attach_stderr(access, "%(message)s")
