@@ -25,7 +25,7 @@ from mcdrop.fields import CLASSIFICATION_FIELDS, COMMON_FIELDS, REGRESSION_FIELD
 from mcdrop.prediction import MCRequest, Prediction
 from mcdrop.predictor import MCPredictor
 from mcdrop.repository import DTYPES, LoadedModel, Manifest
-from service.batching import Batcher
+from service.batching import Batcher, EngineJob
 from service.body import json_type
 from service.errors import ModelNotReady, Unprocessable, shown_int
 from service.metrics import ServiceMetrics
@@ -167,12 +167,14 @@ class ModelRuntime:
         predictor = self._predictor()
         share = s.share_unseeded
 
-        def run_batch(requests: Sequence[MCRequest]) -> list[Answer | Exception]:
-            return self.answers(predictor.predict_many(requests, share_unseeded=share))
+        def start_batch(requests: Sequence[MCRequest]) -> EngineJob:
+            # Stepped a chunk at a time by the batcher: a long request interleaves with the
+            # others and stops at its next chunk once nobody waits for it.
+            return EngineJob(predictor.start_many(requests, share_unseeded=share), self.answers)
 
         self.batcher = Batcher(
             self.name,
-            run_batch,
+            start_batch=start_batch,
             max_batch_rows=self.batch_rows,
             max_delay_s=s.max_queue_delay_ms / 1000.0,
             max_queue_size=s.max_queue_size,
