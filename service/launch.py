@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,6 +36,7 @@ __all__ = [
     "find_model_folders",
     "models_root",
     "run_uvicorn",
+    "uvicorn_options",
     "MANIFEST",
 ]
 
@@ -114,10 +116,10 @@ def _metrics_folder() -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_uvicorn(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT: the app in this process, or ``settings.workers``
-    processes that each build it from the environment."""
-    common = {
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options of ``mcdrop serve`` (the tests serve with them too);
+    makes ``settings.conn`` this process's connection limits."""
+    return {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
@@ -130,6 +132,12 @@ def run_uvicorn(settings: Settings) -> None:
         # h11's own head limit, above ours so that ours answers first (431, JSON).
         "h11_max_incomplete_event_size": settings.conn.max_header_bytes + 2**20,
     }
+
+
+def run_uvicorn(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT: the app in this process, or ``settings.workers``
+    processes that each build it from the environment."""
+    common = uvicorn_options(settings)
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return
