@@ -26,6 +26,7 @@ disappear with it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable
@@ -87,7 +88,7 @@ class WorkerProcessCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         merged: dict[str, Metric] = {}
         for pid in self.pids():
-            one = ProcessCollector(pid=lambda p=pid: p, proc=self.proc, registry=None)
+            one = ProcessCollector(pid=functools.partial(int, pid), proc=self.proc, registry=None)
             for family in one.collect():
                 out = merged.setdefault(
                     family.name, Metric(family.name, family.documentation, family.type)
@@ -200,6 +201,32 @@ class ServiceMetrics:
             "Cumulative engine time of successful requests (each request counts its whole "
             "batch's time, as in Triton), microseconds.",
         )
+        # The rest of Triton's statistics extension, so that under --workers it adds up
+        # from the shared files like the series above (service.model_stats).
+        self.fail_us = total(
+            "mcdrop_inference_failure_duration_us",
+            "Cumulative time of failed requests from queue entry to the error, microseconds.",
+        )
+        self.last_inference = Gauge(
+            "mcdrop_last_inference_timestamp_seconds",
+            "When the model last answered a request (Unix time; 0: never).",
+            MODEL,
+            registry=r,
+            multiprocess_mode="max",
+        )
+
+    @staticmethod
+    def shared_values() -> dict[tuple[str, str, str], float]:
+        """Every worker's model series summed as ``/metrics`` shows them (multiprocess mode):
+        ``{(sample name, model, version): value}``; empty in a single process."""
+        if not multiprocess_enabled():
+            return {}
+        out: dict[tuple[str, str, str], float] = {}
+        for family in MultiProcessCollector(None).collect():
+            for s in family.samples:
+                if "model" in s.labels and "version" in s.labels and len(s.labels) == 2:
+                    out[(s.name, s.labels["model"], s.labels["version"])] = s.value
+        return out
 
     def value(self, name: str, **labels: str) -> float:
         """One sample of this process's metrics by its full name (0 when absent)."""

@@ -10,7 +10,8 @@ Two protocol-neutral functions that the HTTP routes (``GET /v2/models/{m}/config
   ``version_policy``, ``model_transaction_policy``; mcdrop's own options in ``parameters``
   (Triton's ``{"key": {"string_value": ...}}`` map).
 - :func:`model_statistics`: the statistics extension's ``{"model_stats": [...]}``, read from
-  each served version's :class:`~service.model_stats.ModelStats` (its batcher feeds it).
+  each served version's :class:`~service.model_stats.ModelStats` (its batcher feeds it);
+  under ``--workers`` N from the series every worker shares, so that they add up.
 
 The mapping is written from the specification (the Open Inference Protocol's statistics
 extension and Triton's ``model_config.proto``): v2 datatype ``FP32`` is ``TYPE_FP32`` and so
@@ -23,7 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from service import codec_v2
-from service.model_stats import ModelStats
+from service.metrics import ServiceMetrics
+from service.model_stats import ModelStats, shared_snapshot
 from service.plane import DataPlane
 from service.runtime import ModelRuntime
 
@@ -123,7 +125,9 @@ def _runtimes(plane: DataPlane, name: str | None, version: str | None) -> list[M
     return every or [plane.get(name, None)]
 
 
-def _snapshot(rt: ModelRuntime) -> dict[str, Any]:
+def _snapshot(rt: ModelRuntime, shared: dict[tuple[str, str, str], float]) -> dict[str, Any]:
+    if shared:  # --workers: every worker's counts, as /metrics adds them up
+        return shared_snapshot(rt.name, rt.manifest.version, shared)
     if rt.batcher is None:  # loaded but not started: nothing has run
         return ModelStats(rt.name, rt.manifest.version).snapshot()
     return rt.batcher.stats.snapshot()
@@ -154,4 +158,6 @@ def model_statistics(plane: DataPlane, name: str | None, version: str | None) ->
     NotFound, ModelNotReady
         As :meth:`DataPlane.get`.
     """
-    return {"model_stats": [_snapshot(rt) for rt in _runtimes(plane, name, version)]}
+    runtimes = _runtimes(plane, name, version)
+    shared = ServiceMetrics.shared_values()
+    return {"model_stats": [_snapshot(rt, shared) for rt in runtimes]}

@@ -27,7 +27,7 @@ from typing import Any
 
 from service.metrics import ServiceMetrics
 
-__all__ = ["Duration", "ModelStats"]
+__all__ = ["Duration", "ModelStats", "shared_snapshot"]
 
 
 @dataclass
@@ -81,7 +81,7 @@ class ModelStats:
                 for g in (
                     metrics.nv_success, metrics.nv_failure, metrics.nv_count,
                     metrics.nv_exec_count, metrics.nv_request_us, metrics.nv_queue_us,
-                    metrics.nv_compute_us,
+                    metrics.nv_compute_us, metrics.fail_us, metrics.last_inference,
                 )
             ]  # fmt: skip
 
@@ -107,7 +107,8 @@ class ModelStats:
             self.success.add(total_ns)
             self.queue.add(queue_ns)
             self.compute_infer.add(compute_ns)
-            self.last_inference_ms = time.time_ns() // 1_000_000
+            now = time.time_ns()
+            self.last_inference_ms = now // 1_000_000
         if self._m is not None:
             self._queue_time.observe(queue_ns / 1e9)
             self._mc_samples.inc(samples * rows)
@@ -117,6 +118,7 @@ class ModelStats:
             nv[4].inc(total_ns / 1000)
             nv[5].inc(queue_ns / 1000)
             nv[6].inc(compute_ns / 1000)
+            nv[8].set(now / 1e9)
 
     def failed(self, total_ns: int, queue_ns: int | None = None) -> None:
         """One request failed (an error, a timeout in the queue or a refusal), after
@@ -127,6 +129,7 @@ class ModelStats:
             if queue_ns is not None:
                 self._queue_time.observe(queue_ns / 1e9)
             self._nv[1].inc()
+            self._nv[7].inc(total_ns / 1000)
 
     def snapshot(self) -> dict[str, Any]:
         """Triton's ``model_stats`` entry for this model version."""
@@ -159,3 +162,50 @@ class ModelStats:
                 },
                 "batch_stats": batches,
             }
+
+
+def _us(us: float) -> int:
+    """Cumulative microseconds of a shared series -> Triton's integer nanoseconds."""
+    return round(us * 1000)
+
+
+def shared_snapshot(
+    name: str, version: str, values: dict[tuple[str, str, str], float]
+) -> dict[str, Any]:
+    """Triton's ``model_stats`` entry of a model version summed over every worker process,
+    from the shared series (:meth:`ServiceMetrics.shared_values`; ``--workers`` > 1).
+
+    The counts are those of :meth:`ModelStats.snapshot` added up over the workers (ns
+    through microseconds, so rounded to 1 ns per event at most). ``batch_stats`` is empty:
+    counts per batch size are not shared between the workers.
+    """
+
+    def v(metric: str) -> float:
+        return values.get((metric, name, version), 0.0)
+
+    success = int(v("nv_inference_request_success"))
+    answered = {"count": success, "ns": 0}
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": round(v("mcdrop_last_inference_timestamp_seconds") * 1000),
+        "inference_count": int(v("nv_inference_count")),
+        "execution_count": int(v("nv_inference_exec_count")),
+        "inference_stats": {
+            "success": {"count": success, "ns": _us(v("nv_inference_request_duration_us"))},
+            "fail": {
+                "count": int(v("nv_inference_request_failure")),
+                "ns": _us(v("mcdrop_inference_failure_duration_us")),
+            },
+            "queue": {"count": success, "ns": _us(v("nv_inference_queue_duration_us"))},
+            "compute_input": dict(answered),
+            "compute_infer": {
+                "count": success,
+                "ns": _us(v("nv_inference_compute_infer_duration_us")),
+            },
+            "compute_output": dict(answered),
+            "cache_hit": {"count": 0, "ns": 0},
+            "cache_miss": {"count": 0, "ns": 0},
+        },
+        "batch_stats": [],
+    }
