@@ -288,8 +288,19 @@ def test_workers_share_one_metrics_view_and_clean_up(
                        json={"inputs": [ROW], "samples": 2, "seed": i}, timeout=20)  # fmt: skip
         assert r.status_code == 200, r.text
     name = 'mcdrop_predictions_total{model="reg",outcome="ok",version="1"}'
+    lab = '{model="reg",version="1"}'
     for _ in range(6):  # whichever worker answers, it reports both workers' requests
         assert metric(s.url, name) == n
         assert metric(s.url, 'mcdrop_model_ready{model="reg",version="1"}') == 1
+        # Triton's names and the statistics extension add up the same way.
+        assert metric(s.url, "nv_inference_request_success" + lab) == n
+        assert metric(s.url, "nv_inference_count" + lab) == n  # one row each
+        st = httpx.get(s.url + "/v2/models/reg/stats", timeout=10).json()["model_stats"][0]
+        assert st["inference_count"] == n and st["inference_stats"]["success"]["count"] == n
+    # Process metrics: one series per live worker, told apart by pid.
+    text = httpx.get(s.url + "/metrics", timeout=10).text
+    rss = [ln for ln in text.splitlines() if ln.startswith("process_resident_memory_bytes{")]
+    assert len({ln.split('pid="')[1].split('"')[0] for ln in rss}) == 2, rss
+    assert all(float(ln.rsplit(" ", 1)[1]) > 0 for ln in rss)
     s.stop()
     assert not list(scratch.glob("mcdrop-metrics-*"))
