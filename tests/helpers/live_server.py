@@ -173,12 +173,14 @@ def start_server(
     *,
     log_path: Path | None = None,
     ready_timeout: float = 60.0,
+    until: str = "settled",
 ) -> ServerProcess:
     """Start ``python -m mcdrop.cli serve`` with ``MCDROP_*`` settings ``env``.
 
     Returns once loading has finished (:func:`settled`: ``/health/ready`` is 200, or 503
     with only failures); raises RuntimeError with the end of the server's log if it exits
-    or has not finished within ``ready_timeout`` seconds (and stops it).
+    or has not finished within ``ready_timeout`` seconds (and stops it). ``until="live"``
+    returns as soon as ``/health/live`` answers 200 (the models may still be loading).
     """
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
@@ -196,7 +198,10 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-4000:]}")
         try:
-            if settled(httpx.get(server.url + "/health/ready", timeout=1.0)):
+            if until == "live":
+                if httpx.get(server.url + "/health/live", timeout=1.0).status_code == 200:
+                    return server
+            elif settled(httpx.get(server.url + "/health/ready", timeout=1.0)):
                 return server
         except httpx.TransportError:
             pass
