@@ -260,7 +260,15 @@ class Settings(_Clean, BaseSettings):
     max_queue_size : int
         Requests waiting per model; beyond it requests get 503 with Retry-After.
     request_timeout_s : float
-        A request not answered in this time gets 504 (dropped if it has not started).
+        A request not answered in this time gets 504 (dropped if it has not started,
+        stopped at its next chunk if it has).
+    max_compute_s : float
+        Compute budget of one request, in seconds of engine time estimated before it is
+        queued: rows x samples x the model's cost per row-sample measured at warm-up. Over
+        it: 422 naming the limit. A model's ``max_compute_seconds`` (model.toml) overrides it.
+    max_response_bytes : int
+        Largest answer, bounded before computing from the rows, the output shape, the
+        statistics asked for and the encoding; over it: 422 naming the limit.
     cors_origins : tuple of str
         Allowed CORS origins (comma-separated in the environment); empty: CORS off.
     drain_seconds : float
@@ -324,6 +332,8 @@ class Settings(_Clean, BaseSettings):
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 256
     request_timeout_s: float = 30.0
+    max_compute_s: float = 10.0
+    max_response_bytes: int = 64 * 2**20
     cors_origins: tuple[str, ...] = ()
     drain_seconds: float = 10.0
     log_level: str = "info"
@@ -370,7 +380,7 @@ class Settings(_Clean, BaseSettings):
             _check(self.grpc_port, 0 <= self.grpc_port <= 65535, f"{p}GRPC_PORT",
                    "must be in [0, 65535]")  # fmt: skip
         for name in ("max_body_bytes", "max_json_depth", "max_batch_rows", "max_queue_size",
-                     "workers"):  # fmt: skip
+                     "workers", "max_response_bytes"):  # fmt: skip
             value = getattr(self, name)
             _check(value, value >= 1, p + name.upper(), "must be at least 1")
         _check(self.switch_interval_ms, 0 < self.switch_interval_ms <= 1000,
@@ -380,6 +390,7 @@ class Settings(_Clean, BaseSettings):
             _check(value, value >= 0, p + name.upper(), "must be >= 0")
         _check(self.request_timeout_s, self.request_timeout_s > 0, f"{p}REQUEST_TIMEOUT_S",
                "must be > 0")  # fmt: skip
+        _check(self.max_compute_s, self.max_compute_s > 0, f"{p}MAX_COMPUTE_S", "must be > 0")
         _check(self.log_level, self.log_level in _LOG_LEVELS, f"{p}LOG_LEVEL",
                f"must be one of {', '.join(_LOG_LEVELS)}")  # fmt: skip
         _check(self.load_timeout_s, 0 < self.load_timeout_s <= 86400, f"{p}LOAD_TIMEOUT_S",
