@@ -65,6 +65,10 @@ class Manifest:
     tau : float or None
         Model precision (regression): 1/tau is added to the predictive variance. In the
         units of the output.
+    max_compute_seconds : float or None
+        ``[sampling] max_compute_seconds``: the service's compute budget for one request of
+        this model (rows x samples x the cost per row-sample measured at warm-up); None:
+        the service's default (``MCDROP_MAX_COMPUTE_S``).
     factory : str
         Name of the function in ``model.py`` that builds the module.
     config : dict
@@ -87,6 +91,7 @@ class Manifest:
     max_samples: int = 1000
     max_batch_rows: int = 1024
     tau: float | None = None
+    max_compute_seconds: float | None = None
     factory: str = "build"
     config: dict[str, Any] = field(default_factory=dict, hash=False)
     format: str = "pytorch"
@@ -100,6 +105,8 @@ class Manifest:
         }
         if self.tau is not None:
             sampling["tau"] = self.tau
+        if self.max_compute_seconds is not None:
+            sampling["max_compute_seconds"] = self.max_compute_seconds
         model: dict[str, Any] = {"factory": self.factory, "config": dict(self.config)}
         head = {"name": self.name, "version": self.version, "task": self.task}
         if self.format != "pytorch":
@@ -237,8 +244,19 @@ def _tau(samp: _Fields, task: str) -> float | None:
     return float(tau)
 
 
+def _seconds(samp: _Fields, key: str) -> float | None:
+    v = samp.data.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise samp.fail(key, f"must be a positive number of seconds, got {_show(v)}")
+    return float(v)
+
+
 def _sampling(samp: _Fields, task: str) -> dict[str, Any]:
-    samp.check_keys({"default_samples", "max_samples", "max_batch_rows", "tau"})
+    samp.check_keys(
+        {"default_samples", "max_samples", "max_batch_rows", "tau", "max_compute_seconds"}
+    )
     default_samples = samp.pos_int("default_samples", 100)
     max_samples = samp.pos_int("max_samples", 1000)
     if default_samples > max_samples:
@@ -251,6 +269,7 @@ def _sampling(samp: _Fields, task: str) -> dict[str, Any]:
         "max_samples": max_samples,
         "max_batch_rows": samp.pos_int("max_batch_rows", 1024),
         "tau": _tau(samp, task),
+        "max_compute_seconds": _seconds(samp, "max_compute_seconds"),
     }
 
 
