@@ -4,23 +4,45 @@ Protocol-neutral apart from :func:`read_json`, which takes a Starlette request: 
 (v1 and v2 JSON today, the binary tensor extension next) starts from :func:`parse_json`'s
 object and reports schema errors through :func:`validate_body` / :func:`describe_error`,
 so all of them word an error the same way and never echo the value that was sent.
+
+Hostile bodies are stopped before they cost much (issue 18): :func:`body_bounds` derives a
+model's limits from its input shape and row limit, :func:`read_body` refuses a body over
+them by its Content-Length or as it streams in, and a pre-scan of the raw bytes refuses too
+many arrays, objects or keys before any parsing. Large parses run with the garbage
+collector paused, so a parse that allocates many containers triggers no collections.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import math
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import numpy as np
 import orjson
 import pydantic
 from starlette.requests import Request
 
-from service.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from service.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+    shown,
+)
 
 __all__ = [
+    "BodyBounds",
+    "body_bounds",
+    "read_body",
+    "prescan",
     "parse_json",
     "read_json",
     "validate_body",
@@ -31,10 +53,175 @@ __all__ = [
 ]
 
 _THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
+_GC_PAUSE_BYTES = 256 << 10  # bigger bodies are parsed with the collector paused
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 # A \uD800-\uDFFF escape: the standard parser accepts a lone one, which no response can
 # encode (orjson refuses it), so such bodies are checked after parsing.
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+# ------------------------------------------------------------------------------ limits
+
+# A model's body limits (body_bounds) are generous for any honest encoding of the largest
+# request it takes, indented JSON included; a hostile body is refused before it is parsed.
+NUMBER_BYTES = 32  # "-1.2345678901234567e-308, " is 26 bytes; the rest for indentation
+ROW_BYTES = 64  # a row's brackets, line break and indentation
+TEXT_ROW_BYTES = 4096  # one raw text (a model whose folder has a tokenizer), JSON-escaped
+FIXED_BYTES = 256 << 10  # everything but the rows: outputs, parameters, id, names
+FIXED_CONTAINERS = 256  # arrays and objects besides the rows (outputs, parameters, shape)
+MAX_KEYS = 256  # object keys in a whole request; an honest one has a few dozen
+_BINARY_HEADER = "inference-header-content-length"  # service.codec_v2_binary.HEADER
+# One JSON string (the unrolled form: no backtracking per character).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+@dataclass(frozen=True)
+class BodyBounds:
+    """What a request body to one model may hold (see :func:`body_bounds`)."""
+
+    max_bytes: int
+    max_containers: int  # arrays and objects
+    max_keys: int
+    max_depth: int
+    model: str
+    rows: int
+    shape: tuple[int, ...]
+
+
+def body_bounds(
+    model: str,
+    input_shape: Sequence[int],
+    max_rows: int,
+    takes_text: bool,
+    cap: int,
+    max_depth: int,
+) -> BodyBounds:
+    """The limits of a request body to ``model``, from its input shape and row limit.
+
+    Bytes: ``max_rows`` rows of ``NUMBER_BYTES`` per number and ``ROW_BYTES`` per row
+    (plus ``TEXT_ROW_BYTES`` per row for a model that takes raw text), plus
+    ``FIXED_BYTES``, at most ``cap`` (``MCDROP_MAX_BODY_BYTES``). Arrays and objects: the
+    nested lists of ``max_rows`` rows plus ``FIXED_CONTAINERS``. Keys: ``MAX_KEYS``.
+    Nesting: ``max_depth`` (``MCDROP_MAX_JSON_DEPTH``).
+    """
+    shape = tuple(int(d) for d in input_shape)
+    per_row = ROW_BYTES + (TEXT_ROW_BYTES if takes_text else 0)
+    size = FIXED_BYTES + max_rows * (per_row + math.prod(shape) * NUMBER_BYTES)
+    # A row of shape (3, 32, 32) as nested lists: 1 + 3 + 3 * 32 of them.
+    row_lists = sum(math.prod(shape[:k]) for k in range(len(shape)))
+    containers = FIXED_CONTAINERS + max_rows * (1 + row_lists)
+    return BodyBounds(min(cap, size), containers, MAX_KEYS, max_depth, model, max_rows, shape)
+
+
+def _too_large(bounds: BodyBounds) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is larger than {bounds.max_bytes:,} bytes, the most a request to "
+        f"model '{bounds.model}' needs ({bounds.rows:,} rows of shape {list(bounds.shape)}); "
+        "send fewer rows per request"
+    )
+
+
+async def read_body(request: Request, bounds: BodyBounds) -> bytes:
+    """The body of a request to one model, read no further than ``bounds`` allow.
+
+    A declared Content-Length over ``bounds.max_bytes`` is refused before a byte is read;
+    a body without one (or that lies) when it passes the limit. The bytes are then
+    pre-scanned (:func:`prescan`) and kept where ``request.body()`` finds them, so the
+    routes read them as before.
+
+    Raises
+    ------
+    PayloadTooLarge
+        Over ``bounds.max_bytes``.
+    Unprocessable
+        Too many arrays, objects or keys.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > bounds.max_bytes:
+        raise _too_large(bounds)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > bounds.max_bytes:
+            raise _too_large(bounds)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    prescan(_json_part(request, body), bounds)
+    request._body = body  # Starlette's own cache, which request.body() returns
+    return body
+
+
+def _json_part(request: Request, body: bytes) -> bytes:
+    """The JSON of a body: all of it, or a binary-extension body's header."""
+    declared = request.headers.get(_BINARY_HEADER)
+    if declared is not None and declared.strip().isdigit():
+        return body[: int(declared)]
+    return body
+
+
+def prescan(raw: bytes, bounds: BodyBounds) -> None:
+    """Refuse a JSON body with more arrays, objects or keys than ``bounds`` allow, from its
+    bytes (a few C-speed passes), before it is parsed: a parse of a million containers
+    holds the interpreter for seconds and a million keys build as many errors.
+
+    Brackets and colons are counted first in the raw bytes (those inside strings too, so
+    the count is an upper bound); only past a bound are they counted again outside strings.
+    """
+    containers = raw.count(b"[") + raw.count(b"{")
+    keys = raw.count(b":")
+    if containers <= bounds.max_containers and keys <= bounds.max_keys:
+        return
+    bare = _STRING.sub(b'""', raw)
+    if _max_nesting(bare) > bounds.max_depth:  # the same answer a parse would give
+        raise BadRequest(f"JSON is nested deeper than {bounds.max_depth} levels")
+    keys = bare.count(b":")
+    if keys > bounds.max_keys:
+        raise Unprocessable(
+            f"the request body holds {keys:,} object keys; a request holds at most "
+            f"{bounds.max_keys}"
+        )
+    containers = bare.count(b"[") + bare.count(b"{")
+    if containers > bounds.max_containers:
+        raise Unprocessable(
+            f"the request body holds {containers:,} arrays and objects; a request to model "
+            f"'{bounds.model}' needs at most {bounds.max_containers:,} "
+            f"({bounds.rows:,} rows of shape {list(bounds.shape)})"
+        )
+
+
+def _max_nesting(bare: bytes) -> int:
+    """The deepest nesting of brackets in JSON bytes without strings (vectorised)."""
+    a = np.frombuffer(bare, dtype=np.uint8)
+    step = ((a == ord("[")) | (a == ord("{"))).astype(np.int32)
+    step -= (a == ord("]")) | (a == ord("}"))
+    return int(np.cumsum(step).max(initial=0))
+
+
+# The collector stays off while any large body is parsed (a count, as parses overlap):
+# a parse that allocates many containers would otherwise trigger collections, full ones
+# included, that walk every live object while the interpreter lock is held. The objects
+# a parse makes are freed by reference counting.
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def _reject_constant(token: str) -> Any:
@@ -55,6 +242,13 @@ def parse_json(body: bytes, max_depth: int) -> Any:
     """
     if not body.strip():
         raise BadRequest("the request body is empty; send a JSON object")
+    if len(body) > _GC_PAUSE_BYTES:
+        with _gc_paused():
+            return _parse(body, max_depth)
+    return _parse(body, max_depth)
+
+
+def _parse(body: bytes, max_depth: int) -> Any:
     # orjson parses UTF-8 JSON several times faster; whatever it refuses (NaN literals,
     # malformed or non-UTF-8 bodies, very deep nesting) goes to the standard parser, whose
     # errors carry our messages. So do bodies with a run of 19 or more digits: orjson
@@ -164,10 +358,16 @@ def json_type(value: Any) -> str:
 
 
 def json_path(loc: Sequence[Any]) -> str:
-    """A pydantic location as a path: ``("inputs", 0, 2)`` -> ``inputs[0][2]``."""
+    """A pydantic location as a path: ``("inputs", 0, 2)`` -> ``inputs[0][2]``; a client's
+    key is cut to ``SHOWN_CHARS`` and escaped (a message never grows with the request)."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        key = shown(str(part))[1:]  # "'key'" or "'key'…": drop the quotes
+        key = key[:-2] + "…" if key.endswith("…") else key[:-1]
+        out += f".{key}" if out else key
     return out
 
 
