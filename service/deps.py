@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from service.body import read_json
+from service.body import body_bounds, read_body, read_json
 from service.errors import ClientDisconnected, Unauthorized
 from service.plane import DataPlane
 
@@ -45,10 +45,19 @@ async def require_api_key(request: Request) -> None:
 
 async def admit(request: Request, name: str) -> DataPlane:
     """The first steps of a prediction route: API key, then a full queue refused at once
-    (before the body is read: a refusal must cost little). Returns the data plane."""
+    (before the body is read: a refusal must cost little), then an unknown or failed model
+    (404, 503), then the body, read within the model's own limits (413 past its size,
+    422 for too many arrays, objects or keys: :func:`~service.body.read_body`), where
+    the route's ``request.body()`` finds it. Returns the data plane."""
     await require_api_key(request)
     plane: DataPlane = request.app.state.plane
     plane.refuse_if_busy(name)
+    model = plane.get(name)
+    m = model.manifest
+    s = request.app.state.settings
+    bounds = body_bounds(name, m.input_shape, m.max_batch_rows, model.loaded.takes_text,
+                         s.max_body_bytes, s.max_json_depth)  # fmt: skip
+    await read_body(request, bounds)
     return plane
 
 
