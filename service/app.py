@@ -199,10 +199,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        # Method and path cut: an error message never grows with the request.
+        method, path = request.method[:32], request.url.path[:200]
         if exc.status_code == 404:
-            msg = f"no route {request.method} {request.url.path}; see /docs for the API"
+            msg = f"no route {method} {path}; see /docs for the API"
         elif exc.status_code == 405:
-            msg = f"method {request.method} is not allowed on {request.url.path}"
+            msg = f"method {method} is not allowed on {path}"
         else:
             msg = str(exc.detail)
         return error_response(from_http_status(exc.status_code, msg))
