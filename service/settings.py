@@ -301,6 +301,9 @@ class Settings(_Clean, BaseSettings):
         repository folder is watched and changes are loaded).
     poll_interval_s : float
         How often ``poll`` looks at the repository folder.
+    opentelemetry : bool
+        Record OpenTelemetry spans (a server span per request, its queue wait and batch
+        compute; :mod:`service.otel`). Needs ``pip install 'mcdrop[otel]'``. Off by default.
     ray : RaySettings
         The Ray Serve engine's options (``MCDROP_RAY_*``).
     conn : ConnectionSettings
@@ -346,12 +349,14 @@ class Settings(_Clean, BaseSettings):
     strict_readiness: bool = True
     model_control: str = "none"
     poll_interval_s: float = 5.0
+    opentelemetry: bool = False
     ray: RaySettings = RaySettings()
     conn: ConnectionSettings = ConnectionSettings()
 
     _bools = field_validator(
-        "batching", "share_unseeded", "compile", "strict_readiness", mode="before"
-    )(_parse_bool)
+        "batching", "share_unseeded", "compile", "strict_readiness", "opentelemetry",
+        mode="before",
+    )(_parse_bool)  # fmt: skip
     _lists = field_validator("cors_origins", "devices", mode="before")(_parse_list)
 
     @field_validator("log_level", "device", "precision", "model_control", mode="before")
