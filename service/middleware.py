@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import tracing
+from service import otel, tracing
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, error_response
 from service.metrics import ServiceMetrics
 
@@ -166,6 +166,10 @@ class AccessLogMiddleware:
         status = 500
         sent = 0
         ctx, token = tracing.start(_header(scope, b"x-request-id"), _header(scope, b"traceparent"))
+        method = method_label(str(scope.get("method", "")))
+        spans = otel.active()
+        if spans is not None:
+            spans.begin(ctx, method)
 
         async def tracking_send(message: Message) -> None:
             nonlocal status, sent
@@ -179,16 +183,23 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         finally:
+            route = _route(scope)
             try:
-                self._record(scope, status, sent, time.perf_counter() - start, ctx)
+                self._record(scope, route, status, sent, time.perf_counter() - start, ctx)
             finally:
+                if spans is not None:
+                    spans.end(ctx, method, route, status)
                 tracing.finish(token)
 
     def _record(
-        self, scope: Scope, status: int, sent: int, elapsed: float, ctx: tracing.RequestContext
+        self,
+        scope: Scope,
+        route: str,
+        status: int,
+        sent: int,
+        elapsed: float,
+        ctx: tracing.RequestContext,
     ) -> None:
-        route_obj: Any = scope.get("route")
-        route = getattr(route_obj, "path", None) or "unmatched"
         method = str(scope.get("method", ""))
         self.metrics.requests.labels(route, method_label(method), str(status)).inc()
         self.metrics.latency.labels(route).observe(elapsed)
@@ -221,3 +232,9 @@ def _with_ids(message: Message, ctx: tracing.RequestContext) -> Message:
         (b"traceparent", ctx.traceparent.encode("ascii")),
     ]
     return {**message, "headers": headers}
+
+
+def _route(scope: Scope) -> str:
+    """The matched route template, or "unmatched"."""
+    route_obj: Any = scope.get("route")
+    return str(getattr(route_obj, "path", None) or "unmatched")

@@ -25,7 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from service import otel
 from service.metrics import ServiceMetrics
+from service.tracing import RequestContext
 
 __all__ = ["Duration", "ModelStats", "shared_snapshot"]
 
@@ -99,9 +101,18 @@ class ModelStats:
             self._nv[3].inc(calls)
 
     def succeeded(
-        self, rows: int, samples: int, queue_ns: int, compute_ns: int, total_ns: int
+        self,
+        rows: int,
+        samples: int,
+        queue_ns: int,
+        compute_ns: int,
+        total_ns: int,
+        ctx: RequestContext | None = None,
     ) -> None:
-        """One request answered: ``rows`` rows of ``samples`` MC samples each."""
+        """One request answered: ``rows`` rows of ``samples`` MC samples each (``ctx``: its
+        request, for the OpenTelemetry spans when they are on)."""
+        if ctx is not None and ctx.span is not None:
+            _spans(ctx, (self.name, self.version), rows, queue_ns, compute_ns, total_ns, True)
         with self._lock:
             self.inference_count += rows
             self.success.add(total_ns)
@@ -120,9 +131,18 @@ class ModelStats:
             nv[6].inc(compute_ns / 1000)
             nv[8].set(now / 1e9)
 
-    def failed(self, total_ns: int, queue_ns: int | None = None) -> None:
+    def failed(
+        self,
+        total_ns: int,
+        queue_ns: int | None = None,
+        ctx: RequestContext | None = None,
+        rows: int = 0,
+        compute_ns: int = 0,
+    ) -> None:
         """One request failed (an error, a timeout in the queue or a refusal), after
         ``total_ns``; ``queue_ns`` when it reached a batch (mcdrop's wait histogram)."""
+        if ctx is not None and ctx.span is not None and queue_ns is not None:
+            _spans(ctx, (self.name, self.version), rows, queue_ns, compute_ns, total_ns, False)
         with self._lock:
             self.fail.add(total_ns)
         if self._m is not None:
@@ -162,6 +182,12 @@ class ModelStats:
                 },
                 "batch_stats": batches,
             }
+
+
+def _spans(ctx: RequestContext, labels: tuple[str, str], *times: Any) -> None:
+    spans = otel.active()
+    if spans is not None:
+        spans.work(ctx, labels, *times)
 
 
 def _us(us: float) -> int:

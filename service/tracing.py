@@ -22,7 +22,8 @@ import contextvars
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "RequestContext",
@@ -60,6 +61,8 @@ class RequestContext:
         The caller's span, from a valid ``traceparent``.
     flags : str
         Trace flags, two hex digits (``01``: sampled by the caller).
+    span : opentelemetry Span or None
+        The request's server span when OpenTelemetry is on (:mod:`service.otel`).
     """
 
     request_id: str
@@ -68,6 +71,7 @@ class RequestContext:
     span_id: str
     parent_id: str | None = None
     flags: str = "00"
+    span: Any = field(default=None, repr=False)
 
     @property
     def traceparent(self) -> str:
