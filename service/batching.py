@@ -46,6 +46,7 @@ from mcdrop.prediction import MCRequest
 from service.errors import ModelNotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 from service.model_stats import ModelStats
+from service.tracing import RequestContext, current
 
 __all__ = ["Batcher", "EngineJob", "Job"]
 
@@ -108,9 +109,11 @@ class _Item:
     rows: int
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    alone: bool = False  # a bitwise request: its own batch, the engine call it gets alone
     enqueued: float = field(default_factory=time.monotonic)
     state: str = "queued"  # queued -> running | dropped
     cancelled: bool = False  # set by the event loop once nobody waits for it (it ran)
+    ctx: RequestContext | None = field(default_factory=current)  # its request (spans)
 
 
 @dataclass(eq=False)
@@ -257,8 +260,12 @@ class Batcher(Generic[R]):
 
     # ------------------------------------------------------------------ event-loop side
 
-    async def submit(self, request: MCRequest, rows: int, timeout: float) -> R:
-        """Queue one request and wait for its prediction.
+    async def submit(
+        self, request: MCRequest, rows: int, timeout: float, *, alone: bool = False
+    ) -> R:
+        """Queue one request and wait for its prediction; with ``alone`` it runs as a batch
+        of its own (the same engine call, so the same chunk shapes, as when it is sent
+        alone: a seeded answer then is byte-identical whatever the load).
 
         Raises
         ------
@@ -270,7 +277,7 @@ class Batcher(Generic[R]):
             No answer within ``timeout`` seconds.
         """
         loop = asyncio.get_running_loop()
-        item = _Item(request, rows, loop.create_future(), loop)
+        item = _Item(request, rows, loop.create_future(), loop, alone)
         with self._cond:
             if self._closed:
                 raise ModelNotReady(f"model '{self.name}' is shutting down; retry elsewhere")
@@ -365,7 +372,7 @@ class Batcher(Generic[R]):
                 self._cond.wait()
             first = self._queue.popleft()
             batch, rows = [first], first.rows
-            if self.batching:
+            if self.batching and not first.alone:
                 # Wait for company only when it has been coming: a lone closed-loop client
                 # cannot send its next request while its first one waits (2.5 ms lost per
                 # request at concurrency 1). One lone batch switches the wait off; the
@@ -376,8 +383,8 @@ class Batcher(Generic[R]):
                 while rows < self.max_batch_rows:
                     if self._queue:
                         nxt = self._queue[0]
-                        if rows + nxt.rows > self.max_batch_rows:
-                            break
+                        if nxt.alone or rows + nxt.rows > self.max_batch_rows:
+                            break  # a request that runs alone starts the next batch
                         batch.append(self._queue.popleft())
                         rows += nxt.rows
                         continue
@@ -452,12 +459,12 @@ class Batcher(Generic[R]):
             queue_ns = int((run.began - it.enqueued) * 1e9)
             total_ns = int((end - it.enqueued) * 1e9)
             if it.cancelled:  # counted by submit() when it gave up
-                self.stats.failed(total_ns, queue_ns)
+                self.stats.failed(total_ns, queue_ns, it.ctx, it.rows, compute_ns)
             elif isinstance(r, BaseException):
-                self.stats.failed(total_ns, queue_ns)
+                self.stats.failed(total_ns, queue_ns, it.ctx, it.rows, compute_ns)
                 self._resolve(it, None, r)
             else:
-                self.stats.succeeded(it.rows, r.samples, queue_ns, compute_ns, total_ns)
+                self.stats.succeeded(it.rows, r.samples, queue_ns, compute_ns, total_ns, it.ctx)
                 self._resolve(it, r, None)
 
     def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:
