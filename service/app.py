@@ -26,7 +26,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import mcdrop
 from mcdrop.errors import McdropError
-from service import page, routes_repository, routes_v1, routes_v2
+from service import otel, page, routes_repository, routes_v1, routes_v2
 from service.body import describe_error
 from service.connections import ShutdownAnswerMiddleware, stop_budget
 from service.direct import DirectRoutes
@@ -90,6 +90,8 @@ def create_app(
     app.state.settings = settings
     app.state.plane = plane
     app.state.metrics = metrics
+    if settings.opentelemetry:  # optional spans (service.otel); off by default
+        otel.enable()
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_repository.router)
