@@ -146,3 +146,44 @@ async def test_every_log_line_of_a_request_names_it(
     access = [json.loads(ln) for ln in lines if ln.startswith("{")]
     assert [(a["request_id"], a["trace_id"]) for a in access] == [("crash-1", TRACE)]
     assert any("[-]: outside any request" in ln for ln in lines), lines
+
+
+async def test_opentelemetry_spans_when_turned_on(tiny_repo: Path) -> None:
+    """MCDROP_OPENTELEMETRY=true: a server span in the caller's trace, the response's
+    traceparent naming it, and the queue-wait and batch-compute spans as its children."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from service import otel
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # the process's provider, as an embedding program sets
+    assert otel.active() is None  # off by default
+    try:
+        async with app_client(make_settings(tiny_repo, opentelemetry=True)) as c:
+            assert otel.active() is not None
+            headers = {"traceparent": f"00-{TRACE}-{PARENT}-01"}
+            r = await c.post("/v1/models/reg/predict", json={"inputs": [ROW]}, headers=headers)
+            assert r.status_code == 200, r.text
+    finally:
+        otel.disable()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    server = spans["HTTP POST /v1/models/{name}/predict"]
+    assert server.context is not None and server.parent is not None
+    assert f"{server.context.trace_id:032x}" == TRACE and f"{server.parent.span_id:016x}" == PARENT
+    assert r.headers["traceparent"] == f"00-{TRACE}-{server.context.span_id:016x}-01"
+    wait, compute = spans["mcdrop.queue_wait"], spans["mcdrop.batch_compute"]
+    for child in (wait, compute):
+        assert child.parent is not None and child.parent.span_id == server.context.span_id
+        assert child.attributes is not None and child.attributes["mcdrop.model"] == "reg"
+    assert wait.start_time is not None and wait.end_time is not None
+    assert compute.start_time is not None and compute.end_time is not None
+    assert server.start_time is not None and server.end_time is not None
+    # In time order: the request arrives, waits, is computed, is answered.
+    assert server.start_time <= wait.start_time <= wait.end_time == compute.start_time
+    assert compute.start_time < compute.end_time <= server.end_time
