@@ -3,7 +3,8 @@
 :func:`serving` is entered by the app's lifespan after the models load and left before
 the batchers stop, so gRPC calls go through the same data plane, batchers and limits as
 HTTP ones, and a SIGTERM drains both: ``server.stop(grace)`` refuses new calls and lets
-the ones in flight finish for up to ``MCDROP_DRAIN_SECONDS``.
+the ones in flight finish within ``MCDROP_DRAIN_SECONDS`` (counted from the signal, as
+the HTTP drain is).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from service.connections import stop_budget
 from service.grpc.schema import METHODS, SERVICE, message_class
 from service.grpc.servicer import Servicer
 from service.plane import DataPlane
@@ -81,5 +83,6 @@ async def serving(settings: Settings, plane: DataPlane) -> AsyncIterator[int | N
     try:
         yield port
     finally:
-        # New calls are refused now; those in flight get the drain time to finish.
-        await server.stop(settings.drain_seconds)
+        # New calls are refused now; those in flight get what uvicorn's HTTP drain left of
+        # MCDROP_DRAIN_SECONDS (all of it when no HTTP request was in flight).
+        await server.stop(stop_budget(settings.drain_seconds))

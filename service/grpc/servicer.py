@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,15 +21,17 @@ import grpc
 from google.protobuf import json_format
 
 import mcdrop
+from service import model_info
 from service.errors import (
     INTERNAL_ERROR_MESSAGE,
-    MethodNotAllowed,
     NotFound,
     RequestTimeout,
     ServiceError,
     Unauthorized,
+    Unprocessable,
     grpc_status_for,
     message_for,
+    shown,
 )
 from service.grpc import codec
 from service.grpc.schema import message_class
@@ -97,19 +98,6 @@ def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
         return call
 
     return wrap
-
-
-def _provided(owner: Any, name: str) -> Any:
-    """``owner.name`` (a module name or an object), or UNIMPLEMENTED while the part of
-    the service it belongs to is not there."""
-    try:
-        target = importlib.import_module(owner) if isinstance(owner, str) else owner
-    except ImportError:
-        target = None
-    fn = getattr(target, name, None)
-    if fn is None:
-        raise MethodNotAllowed(f"{name} is not implemented by this server yet")
-    return fn
 
 
 def _version(v: str) -> str | None:
@@ -185,16 +173,16 @@ class Servicer:
 
     @rpc(protected=True)
     async def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
-        model_config = _provided("service.model_info", "model_config")
-        config = model_config(self.plane, request.name, _version(request.version))
+        config = model_info.model_config(self.plane, request.name, _version(request.version))
         return json_format.ParseDict(
             {"config": config}, _Msg["ModelConfigResponse"](), ignore_unknown_fields=True
         )
 
     @rpc(protected=True)
     async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
-        model_statistics = _provided("service.model_info", "model_statistics")
-        stats = model_statistics(self.plane, request.name, _version(request.version))
+        # An empty name asks for every model, as in Triton.
+        name = request.name or None
+        stats = model_info.model_statistics(self.plane, name, _version(request.version))
         return json_format.ParseDict(
             stats, _Msg["ModelStatisticsResponse"](), ignore_unknown_fields=True
         )
@@ -204,19 +192,23 @@ class Servicer:
     @rpc(protected=True)
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
         resp = _Msg["RepositoryIndexResponse"]()
-        for m in _provided(self.plane, "repository_index")():
-            if request.ready and m.get("state") != "READY":
-                continue
-            resp.models.add(**{k: str(m.get(k) or "") for k in ("name", "version", "state",
-                                                               "reason")})  # fmt: skip
+        for m in self.plane.repository_index(ready_only=request.ready):
+            resp.models.add(name=m["name"], version=m["version"], state=m["state"],
+                            reason=m["reason"])  # fmt: skip
         return resp
 
     @rpc(protected=True)
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
-        await _provided(self.plane, "load_model")(request.model_name)
+        refused = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+        if refused:  # as POST /v2/repository/models/{m}/load answers
+            raise Unprocessable(
+                f"load parameter {shown(refused[0])} is not supported: mcdrop reads a model "
+                "from its folder in the repository (change the folder, then load)"
+            )
+        await self.plane.load_model(request.model_name)
         return _Msg["RepositoryModelLoadResponse"]()
 
     @rpc(protected=True)
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
-        await _provided(self.plane, "unload_model")(request.model_name)
+        await self.plane.unload_model(request.model_name)
         return _Msg["RepositoryModelUnloadResponse"]()
