@@ -2,7 +2,8 @@
 127.0.0.1 and the real ``tritonclient.grpc`` clients (sync and aio) in their default modes.
 
 One server for the module (an API key set, a small body limit, strict readiness off so
-that the broken model can be asked for); every call sends the key unless it tests auth.
+that the broken model can be asked for, explicit model control); every call sends the key
+unless it tests auth.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     env = {"MCDROP_API_KEY": KEY, "MCDROP_GRPC_PORT": str(port),
            "MCDROP_MAX_BODY_BYTES": str(BODY_LIMIT), "MCDROP_STRICT_READINESS": "false",
-           "MCDROP_LOG_LEVEL": "warning"}  # fmt: skip
+           "MCDROP_MODEL_CONTROL": "explicit", "MCDROP_LOG_LEVEL": "warning"}  # fmt: skip
     proc = start_server(repo, env, log_path=root / "server.log")
     s = Server(proc, port)
     try:
@@ -100,6 +101,52 @@ def test_health_and_metadata(server: Server) -> None:
     for key in ("inputs", "outputs"):
         got = [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in model[key]]
         assert got == [(t["name"], t["datatype"], t["shape"]) for t in http[key]]
+
+
+def test_model_config_and_statistics_as_http(server: Server) -> None:
+    c = server.client
+    config = c.get_model_config("clf", headers=AUTH, as_json=True)["config"]
+    http = httpx.get(f"{server.url}/v2/models/clf/config", headers=AUTH).json()
+    assert config["name"] == http["name"] == "clf" and config["platform"] == http["platform"]
+    assert config["max_batch_size"] == http["max_batch_size"] > 0
+    for key in ("input", "output"):
+        got = [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config[key]]
+        assert got == [(t["name"], t["data_type"], t["dims"]) for t in http[key]]
+    c.infer("clf", [_input(X)], headers=AUTH)  # at least one request counted
+    http = httpx.get(f"{server.url}/v2/models/clf/stats", headers=AUTH).json()["model_stats"]
+    stats = c.get_inference_statistics("clf", headers=AUTH, as_json=True)["model_stats"]
+    assert [s["name"] for s in stats] == [s["name"] for s in http] == ["clf"]
+    want, got = http[0], stats[0]
+    assert int(got["inference_count"]) == want["inference_count"] >= 3
+    assert int(got["execution_count"]) == want["execution_count"] >= 1
+    for part in ("success", "queue", "compute_infer"):
+        assert int(got["inference_stats"][part]["count"]) == want["inference_stats"][part]["count"]
+    every = c.get_inference_statistics("", headers=AUTH, as_json=True)["model_stats"]
+    assert {"reg", "clf", "tokens"} <= {s["name"] for s in every}
+    status, _ = _status(lambda: c.get_model_config("nope", headers=AUTH))
+    assert status == grpc.StatusCode.NOT_FOUND
+
+
+def test_repository_index_unload_and_load(server: Server) -> None:
+    c = server.client
+    index = c.get_model_repository_index(headers=AUTH, as_json=True)["models"]
+    http = httpx.post(f"{server.url}/v2/repository/index", headers=AUTH, json={}).json()
+    assert [(m["name"], m.get("state", "")) for m in index] == [
+        (m["name"], m["state"]) for m in http
+    ]
+    assert {m["name"] for m in index if m.get("state") == "READY"} >= {"reg", "clf", "tokens"}
+    assert "broken" in {m["name"] for m in index}
+    c.unload_model("clf", headers=AUTH)
+    status, _ = _status(lambda: c.infer("clf", [_input(X)], headers=AUTH))
+    assert status == grpc.StatusCode.NOT_FOUND
+    ready = c.get_model_repository_index(headers=AUTH, as_json=True)["models"]
+    assert "clf" not in {m["name"] for m in ready if m.get("state") == "READY"}
+    c.load_model("clf", headers=AUTH)
+    assert c.infer("clf", [_input(X)], headers=AUTH).as_numpy("probs").shape == (3, 3)
+    status, _ = _status(lambda: c.load_model("clf", headers=AUTH, config="{}"))
+    assert status == grpc.StatusCode.INVALID_ARGUMENT
+    status, _ = _status(lambda: c.unload_model("nope", headers=AUTH))
+    assert status == grpc.StatusCode.NOT_FOUND
 
 
 # ---------------------------------------------------------------------------- inference
