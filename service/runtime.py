@@ -53,12 +53,16 @@ class InferRequest:
         Checked seed, or None for a fresh one.
     return_samples : bool
         Also return the raw draws (S, B, *O).
+    bitwise : bool
+        Run in a batch of its own, so that a seeded answer is byte-identical to the same
+        request sent alone (batched, the numbers agree to float32 rounding only).
     """
 
     x: np.ndarray
     samples: int
     seed: int | None
     return_samples: bool = False
+    bitwise: bool = False
 
 
 @dataclass
@@ -253,7 +257,7 @@ class ModelRuntime:
             self.check_draws(req.samples, len(req.x))
         request = MCRequest(req.x, req.samples, req.seed, req.return_samples)
         answer: Answer = await self.batcher.submit(
-            request, len(req.x), self.settings.request_timeout_s
+            request, len(req.x), self.settings.request_timeout_s, alone=req.bitwise
         )
         return answer
 
