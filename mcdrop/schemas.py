@@ -108,6 +108,13 @@ class PredictRequest(_Strict):
         default=False,
         description="also return the raw draws (S, B, *output_shape); logits for classifiers",
     )
+    bitwise: bool = Field(
+        default=False,
+        description=(
+            "run alone, so that a seeded answer is byte-identical to the same request sent "
+            "alone; batched with others the numbers agree to float32 rounding only"
+        ),
+    )
 
 
 class PredictResponse(_Open):
