@@ -126,7 +126,8 @@ def decode(model: ModelRuntime, body: Any) -> InferRequest:
     """A parsed ``POST /v1/models/{name}/predict`` body -> the checked request."""
     req = validate_body(PredictRequest, body)
     x = rows_from_json(model, req.inputs)
-    return InferRequest(x, model.check_samples(req.samples), req.seed, req.return_samples)
+    samples = model.check_samples(req.samples)
+    return InferRequest(x, samples, req.seed, req.return_samples, req.bitwise)
 
 
 def encode(model: ModelRuntime, ans: Answer) -> dict[str, Any]:
