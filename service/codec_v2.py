@@ -115,6 +115,14 @@ def _options(model: ModelRuntime, req: InferenceRequest) -> tuple[int, int | Non
     return model.check_samples(samples), seed
 
 
+def _bitwise(req: InferenceRequest) -> bool:
+    """The ``bitwise`` parameter (default false): run alone, for byte-identical answers."""
+    value = (req.parameters or {}).get("bitwise", False)
+    if not isinstance(value, bool):
+        raise Unprocessable(f"parameters.bitwise must be true or false, got {json_type(value)}")
+    return value
+
+
 def _input_array(model: ModelRuntime, req: InferenceRequest) -> np.ndarray:
     """The single v2 input tensor -> array (B, *input_shape)."""
     m = model.manifest
@@ -208,7 +216,7 @@ def decode(model: ModelRuntime, body: Any) -> V2Request:
     samples, seed = _options(model, req)
     x = _input_array(model, req)
     outputs = tuple(o.name for o in req.outputs or ())
-    return V2Request(InferRequest(x, samples, seed), outputs, req.id)
+    return V2Request(InferRequest(x, samples, seed, bitwise=_bitwise(req)), outputs, req.id)
 
 
 def encode(model: ModelRuntime, ans: Answer, req: V2Request) -> dict[str, Any]:
