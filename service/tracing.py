@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import random
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,18 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:~+=@/-]*")  # and at most MAX_REQUEST
 # version - trace id - parent id - flags; a later version may append "-" and more fields.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+# Ids need to be unique, not secret: a seeded generator (from os.urandom) costs half of
+# secrets.token_hex per request; a forked child reseeds, so workers never share a stream.
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
+
+
+def _hex(bits: int) -> str:
+    """``bits`` random bits as lowercase hex, never all zeros (W3C forbids zero ids)."""
+    while True:
+        value = _rng.getrandbits(bits)
+        if value:
+            return f"{value:0{bits // 4}x}"
 
 
 @dataclass
@@ -110,13 +123,6 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
     return trace, parent, flags
 
 
-def _span_id() -> str:
-    while True:  # all zeros is invalid (a chance of 2**-64, but the rule is the rule)
-        span = secrets.token_hex(8)
-        if span != _ZERO_SPAN:
-            return span
-
-
 def start(request_id: str | None, traceparent: str | None) -> tuple[RequestContext, object]:
     """Make the context of a new request from its headers and make it current.
 
@@ -128,14 +134,14 @@ def start(request_id: str | None, traceparent: str | None) -> tuple[RequestConte
     rid = clean_request_id(request_id)
     parsed = parse_traceparent(traceparent)
     if parsed is None:
-        trace, parent, flags = secrets.token_hex(16), None, "00"
+        trace, parent, flags = _hex(128), None, "00"
     else:
         trace, parent, flags = parsed
     ctx = RequestContext(
-        request_id=rid if rid is not None else secrets.token_hex(16),
+        request_id=rid if rid is not None else _hex(128),
         given=rid is not None,
         trace_id=trace,
-        span_id=_span_id(),
+        span_id=_hex(64),
         parent_id=parent,
         flags=flags,
     )
