@@ -4,28 +4,21 @@ uvicorn has a keep-alive timeout (idle time *between* requests) and nothing else
 that never sends a byte, a head sent one line every few seconds, or a body at one byte per
 second is kept open for ever, and httptools buffers a request head of any size (one 96 MiB
 header held the event loop for 7 s). The protocols here are uvicorn's own (h11 or
-httptools, :data:`PARSERS`) with one timer and two counters per connection:
+httptools, :data:`PARSERS`) with one timer and a few counters per connection. Its phases:
 
-===========  ====================================================  =====================
-phase        ends when                                             limit (closes with)
-===========  ====================================================  =====================
-idle         the first byte of a request arrives                   ``idle_timeout_s``
-                                                                   (silent close)
-head         the parser has the whole request line and headers     ``header_timeout_s``
-                                                                   (408), or more than
-                                                                   ``max_header_bytes``
-                                                                   (431)
-body         the parser has the whole body                         under
-                                                                   ``min_body_rate`` B/s
-                                                                   over a window of
-                                                                   ``body_timeout_s`` (408)
-app          the response is sent (then idle again: uvicorn's      the app's own
-             keep-alive timer, set to ``idle_timeout_s``)          (request timeout)
-===========  ====================================================  =====================
+- *idle* (just opened, or answered): closed silently after ``idle_timeout_s`` without a
+  byte (between requests this is uvicorn's keep-alive timer, set to the same value);
+- *head*: the request line and headers must be complete within ``header_timeout_s`` of
+  their first byte (else 408) and within ``max_header_bytes`` (else 431);
+- *body*: at least ``min_body_rate`` bytes/s over each window of ``body_timeout_s`` (else
+  408), unless the server itself stopped reading;
+- *app*: the whole request is in; the app's own limits apply (request timeout).
 
-A connection over ``max_connections`` is served a JSON 503 (``Connection: close``) for
-its first request instead of the app. The work added per received chunk is a few
-attribute updates; nothing is done per byte.
+Past ``max_connections``, a new connection closes the one that has waited longest with no
+request under way (idle, or its head still arriving: a 503 then), so a crowd of slow
+sockets at the cap cannot lock clients out; when every connection has a request under way,
+the new one is served a JSON 503 (``Connection: close``) instead of the app. The work added
+per received chunk is a few attribute updates; nothing is done per byte.
 
 Shutdown: uvicorn cancels the requests still running when its graceful-shutdown time
 (``MCDROP_DRAIN_SECONDS``) is over and answers them with a plain-text 500.
@@ -100,7 +93,8 @@ class ConnectionSettings(BaseModel):
     min_body_rate : int
         Bytes per second (see ``body_timeout_s``).
     max_connections : int
-        Open connections per process; one more gets a 503 for its request. Lowered at
+        Open connections per process. One more closes the connection idle (or sending
+        its head) the longest, or, if none is, gets a 503 for its request. Lowered at
         start to the descriptor limit (``ulimit -n``) less 64.
     max_header_bytes : int
         Request line plus headers; more: 431.
@@ -276,7 +270,8 @@ class _Guard:
         self._g_mark = 0  # _g_bytes when the body window began
         self._g_cycle: Any = None  # the request whose body or app phase this is
         self._g_timer: asyncio.TimerHandle | None = None
-        if len(self.connections) > lim.max_connections:
+        self._g_since = self.loop.time()  # when the idle or head phase began
+        if len(self.connections) > lim.max_connections and not self._g_evict():
             self.app = _busy_app
         self._g_arm(lim.idle_timeout_s, self._g_on_idle)
 
@@ -286,8 +281,13 @@ class _Guard:
 
     def data_received(self, data: bytes) -> None:
         self._g_bytes += len(data)
-        if self._g_phase <= _HEAD and self._g_head_chunk(data):
-            return
+        if self._g_phase != _BODY:  # bytes of a request head (or of a pipelined one)
+            self._g_head += len(data)
+            # Past the limit, only a chunk that may end the head (it may carry the body
+            # too) goes to the parser: what it buffers stays within the limit plus a read.
+            if self._g_head > _State.settings.max_header_bytes and b"\r\n\r\n" not in data:
+                self._g_refuse(HeadersTooLarge(self._g_too_large()))
+                return
         super().data_received(data)  # type: ignore[misc]
         self._g_classify()
 
@@ -302,47 +302,64 @@ class _Guard:
 
     # ------------------------------------------------------------------ phases
 
-    def _g_head_chunk(self, data: bytes) -> bool:
-        """Count a chunk of a request head; True when it was refused (431)."""
-        lim = _State.settings
-        if self._g_phase == _IDLE:
-            self._g_phase = _HEAD
-            self._g_head = 0
-            self._g_arm(lim.header_timeout_s, self._g_on_head_timeout)
-        self._g_head += len(data)
-        # Past the limit, only a chunk that may end the head (it may carry the body too)
-        # goes to the parser: the buffered head stays within the limit plus one read.
-        if self._g_head > lim.max_header_bytes and b"\r\n\r\n" not in data:
-            self._g_refuse(HeadersTooLarge(self._g_too_large()))
-            return True
-        return False
-
     def _g_classify(self) -> None:
-        """The phase from uvicorn's request cycle, after the parser took a chunk."""
+        """The phase from uvicorn's request cycle, after the parser took a chunk or a
+        response ended."""
         if self.transport.is_closing():
             self._g_cancel()
             return
         cycle = self.cycle
-        if cycle is None or (cycle.response_complete and not cycle.more_body):
-            if self._g_phase == _HEAD and self._g_head > _State.settings.max_header_bytes:
-                self._g_refuse(HeadersTooLarge(self._g_too_large()))
-            elif self._g_phase != _HEAD:  # idle again: uvicorn's keep-alive timer runs
-                self._g_phase = _IDLE
-                self._g_cancel()
-            return
-        if cycle is self._g_cycle:
-            if self._g_phase == _BODY and not cycle.more_body:
+        lim = _State.settings
+        if cycle is not None and cycle is not self._g_cycle and not cycle.response_complete:
+            self._g_cycle = cycle  # a new request's head is complete
+            self._g_head = 0
+            if cycle.more_body:
+                self._g_phase = _BODY
+                self._g_mark = self._g_bytes
+                self._g_arm(lim.body_timeout_s, self._g_on_body_window)
+            else:
                 self._g_phase = _APP
                 self._g_cancel()
-            return
-        self._g_cycle = cycle  # a new request's head is complete
-        if cycle.more_body:
-            self._g_phase = _BODY
-            self._g_mark = self._g_bytes
-            self._g_arm(_State.settings.body_timeout_s, self._g_on_body_window)
-        else:
-            self._g_phase = _APP
+        elif cycle is None or cycle.response_complete:  # waiting for a request head
+            phase = self._g_phase
+            if phase == _APP:  # answered: idle again (uvicorn's keep-alive timer runs)
+                self._g_phase = _IDLE
+                self._g_since = self.loop.time()
+                self._g_head = 0
+                self._g_cancel()
+            elif phase == _BODY or (phase == _IDLE and self._g_head > 0):
+                # Bytes of a head arrived (or the answer came before the whole body:
+                # what follows counts as the next head, under the same limits).
+                self._g_phase = _HEAD
+                self._g_since = self.loop.time()
+                if phase == _BODY:
+                    self._g_head = 0
+                self._g_arm(lim.header_timeout_s, self._g_on_head_timeout)
+            elif phase == _HEAD and self._g_head > lim.max_header_bytes:
+                self._g_refuse(HeadersTooLarge(self._g_too_large()))
+        elif self._g_phase == _BODY and not cycle.more_body:
+            self._g_phase = _APP  # the whole body is in: the app's own limits apply
             self._g_cancel()
+
+    def _g_evict(self) -> bool:
+        """Over the cap: close the connection that has waited longest without a request
+        under way (idle, or its head still arriving), so that a slowloris crowd at the cap
+        cannot lock clients out; False when every connection has a request under way.
+        O(connections), and only past the cap."""
+        victim: Any = None
+        for other in self.connections:
+            if other is not self and getattr(other, "_g_phase", _APP) <= _HEAD:
+                if victim is None or other._g_since < victim._g_since:
+                    victim = other
+        if victim is None:
+            return False
+        if victim._g_phase == _HEAD:
+            victim._g_refuse(_busy())  # a 503, as if it had come after the cap was hit
+        else:
+            victim._g_cancel()
+            victim._g_phase = _APP  # never chosen twice while it closes
+            victim.transport.close()
+        return True
 
     # ------------------------------------------------------------------ timers
 

@@ -174,15 +174,35 @@ def test_slow_body_gets_408(server: tuple[str, int]) -> None:
     assert httpx.post(url + "/v1/models/reg/predict", json=ROW, timeout=10).status_code == 200
 
 
-def test_too_many_connections_get_a_fast_503(server: tuple[str, int]) -> None:
-    """With MAX_CONN sockets held open, a new client gets a JSON 503 at once; once they
-    are gone, clients are served again."""
+def test_slow_heads_at_the_cap_make_room_for_clients(server: tuple[str, int]) -> None:
+    """MAX_CONN sockets sending their heads slowly hold every slot: a new client is served
+    all the same, and the oldest slow socket gets the 503."""
     url, port = server
-    held = [_connect(port, 5) for _ in range(MAX_CONN)]
+    held = [_connect(port, 2) for _ in range(MAX_CONN)]
     try:
-        # Each held socket sends part of a head, so it is surely accepted (and counted).
         for s in held:
             s.sendall(b"GET /health/live HTTP/1.1\r\n")
+            time.sleep(0.005)  # held[0] is the oldest
+        time.sleep(0.1)
+        start = time.monotonic()
+        assert httpx.get(url + "/health/live", timeout=5).status_code == 200
+        assert time.monotonic() - start < 0.5
+        status, body = _answer(held[0].recv(65536))
+        assert status == 503 and "MAX_CONNECTIONS" in body["error"]
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_over_the_cap_with_requests_under_way_a_fast_503(server: tuple[str, int]) -> None:
+    """With MAX_CONN requests under way (their bodies pending), a new client gets a JSON
+    503 at once; once they are gone, clients are served again."""
+    url, port = server
+    head = b"POST /v1/models/reg/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+    held = [_connect(port, 5) for _ in range(MAX_CONN)]
+    try:
+        for s in held:
+            s.sendall(head)
         time.sleep(0.1)
         start = time.monotonic()
         r = httpx.get(url + "/health/live", timeout=5)
