@@ -27,6 +27,7 @@ from mcdrop.predictor import MCPredictor
 from mcdrop.repository import DTYPES, LoadedModel, Manifest
 from service.batching import Batcher, EngineJob
 from service.body import json_type
+from service.budgets import ComputeBudget, measure_budget
 from service.errors import ModelNotReady, Unprocessable, shown_int
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -113,6 +114,7 @@ class ModelRuntime:
     batcher: Batcher[Any] | None = None
     ready: bool = False
     audit: dict[str, Any] | None = None  # the dropout audit's summary, made at warm-up
+    budget: ComputeBudget | None = None  # the compute budget per request, measured at warm-up
     _fields: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -164,6 +166,7 @@ class ModelRuntime:
             x = np.zeros((rows, *m.input_shape), dtype=NP_DTYPES[m.input_dtype])
             pred = self._predictor().predict(x, samples=min(samples, m.max_samples), seed=0)
             self.answer(pred)
+        self.budget = measure_budget(self, self._predictor())
 
     def start(self) -> None:
         """Create and start the model's batcher."""
@@ -255,6 +258,8 @@ class ModelRuntime:
             raise ModelNotReady(f"model '{self.name}' is not ready; retry shortly")
         if req.return_samples:
             self.check_draws(req.samples, len(req.x))
+        if self.budget is not None:  # before queueing: an over-budget request costs nothing
+            self.budget.check(self.name, len(req.x), req.samples)
         request = MCRequest(req.x, req.samples, req.seed, req.return_samples)
         answer: Answer = await self.batcher.submit(
             request, len(req.x), self.settings.request_timeout_s, alone=req.bitwise
