@@ -31,6 +31,8 @@ SEEDS = (3, 11, 29, 47)
 LOAD_CLIENTS = 6
 LOAD_SECONDS = 6.0  # each load phase stops by itself after this
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
