@@ -17,6 +17,7 @@ from pydantic.types import FailFast
 from mcdrop.errors import InvalidInputError
 from mcdrop.schemas import PredictRequest
 from service.body import json_path, json_type, lookup, validate_body
+from service.budgets import check_answer_size, v1_answer_bytes
 from service.errors import Unprocessable, shown_shape
 from service.runtime import NP_DTYPES, Answer, InferRequest, ModelRuntime
 
@@ -127,6 +128,8 @@ def decode(model: ModelRuntime, body: Any) -> InferRequest:
     req = validate_body(PredictRequest, body)
     x = rows_from_json(model, req.inputs)
     samples = model.check_samples(req.samples)
+    size = v1_answer_bytes(model, len(x), samples, bool(req.return_samples))
+    check_answer_size(model, size)  # before queueing: the bound is known now
     return InferRequest(x, samples, req.seed, req.return_samples, req.bitwise)
 
 
