@@ -20,7 +20,9 @@ from pydantic.types import FailFast
 from mcdrop.errors import ModelOutputError
 from mcdrop.fields import MAX_SEED
 from mcdrop.schemas import InferenceRequest
+from service import codec_v2_binary
 from service.body import json_type, validate_body
+from service.budgets import PER_ROW_FIELDS, check_answer_size, v2_answer_bytes
 from service.codec_v1 import ids_from_texts
 from service.errors import BadRequest, Unprocessable, shown, shown_int, shown_shape
 from service.runtime import NP_DTYPES, Answer, InferRequest, ModelRuntime
@@ -34,7 +36,6 @@ _INPUT_TYPES = {
     "int": ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32"),
 }
 _TYPE_NAME = {"float32": "FP32", "float64": "FP64", "int64": "INT64"}
-_PER_ROW = ("predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio")
 # FailFast: validation stops at the first bad element (a million strings would otherwise
 # build a million errors on the event loop).
 _FLAT: dict[str, TypeAdapter[Any]] = {
@@ -76,7 +77,7 @@ def metadata(model: ModelRuntime) -> dict[str, Any]:
             {
                 "name": n,
                 "datatype": out_type,
-                "shape": [-1] if n in _PER_ROW else [-1, *m.output_shape],
+                "shape": [-1] if n in PER_ROW_FIELDS else [-1, *m.output_shape],
             }
             for n in model.output_fields()
         ],  # fmt: skip
@@ -85,6 +86,8 @@ def metadata(model: ModelRuntime) -> dict[str, Any]:
             "default_samples": m.default_samples,
             "max_samples": m.max_samples,
             "max_batch_rows": m.max_batch_rows,
+            **(model.budget.describe() if model.budget is not None else {}),
+            "max_response_bytes": model.settings.max_response_bytes,
         },
     }
 
@@ -216,6 +219,11 @@ def decode(model: ModelRuntime, body: Any) -> V2Request:
     samples, seed = _options(model, req)
     x = _input_array(model, req)
     outputs = tuple(o.name for o in req.outputs or ())
+    every, binary = codec_v2_binary.binary_outputs(body)
+    size = v2_answer_bytes(model, len(x), outputs or model.output_fields(),
+                           lambda name: every or name in binary, output_type(model),
+                           len(req.id or ""))  # fmt: skip
+    check_answer_size(model, size)  # before queueing: the bound is known now
     return V2Request(InferRequest(x, samples, seed, bitwise=_bitwise(req)), outputs, req.id)
 
 
