@@ -1,9 +1,9 @@
 """gRPC (inference.GRPCInferenceService) end to end: the real ``mcdrop serve`` on
 127.0.0.1 and the real ``tritonclient.grpc`` clients (sync and aio) in their default modes.
 
-One server for the module (an API key set, a small body limit, strict readiness off so
-that the broken model can be asked for, explicit model control); every call sends the key
-unless it tests auth.
+One server for the module (a small body limit, strict readiness off so that the broken
+model can be asked for, explicit model control); the API key is tested in
+test_grpc_drain.py, whose server has one.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
-KEY = "grpc-test-key"
-AUTH = {"authorization": f"Bearer {KEY}"}
 BODY_LIMIT = 64 * 1024
 X = (np.arange(3 * FEATURES, dtype=np.float32).reshape(3, FEATURES) - 5) / 7  # (B, F)
 
@@ -50,7 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (root / "tok").mkdir()
     shutil.copytree(make_token_repo(root / "tok") / "tokens", repo / "tokens")  # int64 ids
     port = free_port()
-    env = {"MCDROP_API_KEY": KEY, "MCDROP_GRPC_PORT": str(port),
+    env = {"MCDROP_GRPC_PORT": str(port),
            "MCDROP_MAX_BODY_BYTES": str(BODY_LIMIT), "MCDROP_STRICT_READINESS": "false",
            "MCDROP_MODEL_CONTROL": "explicit", "MCDROP_LOG_LEVEL": "warning"}  # fmt: skip
     proc = start_server(repo, env, log_path=root / "server.log")
@@ -71,7 +69,7 @@ def _input(x: np.ndarray, datatype: str = "FP32") -> tg.InferInput:
 def _http_outputs(s: Server, model: str, x: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
                         "data": x.ravel().tolist()}], "parameters": params}  # fmt: skip
-    r = httpx.post(f"{s.url}/v2/models/{model}/infer", json=body, headers=AUTH, timeout=10)
+    r = httpx.post(f"{s.url}/v2/models/{model}/infer", json=body, timeout=10)
     assert r.status_code == 200, r.text
     return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in r.json()["outputs"]}
 
@@ -90,12 +88,12 @@ def _status(fn: Any) -> tuple[grpc.StatusCode, str]:
 def test_health_and_metadata(server: Server) -> None:
     c = server.client
     assert c.is_server_live() and c.is_server_ready()
-    assert c.is_model_ready("reg", headers=AUTH)
-    assert not c.is_model_ready("broken", headers=AUTH)  # failed to load: not ready
+    assert c.is_model_ready("reg")
+    assert not c.is_model_ready("broken")  # failed to load: not ready
     meta = c.get_server_metadata(as_json=True)
     assert meta["name"] == "mcdrop" and "model_repository" in meta["extensions"]
-    http = httpx.get(f"{server.url}/v2/models/clf", headers=AUTH).json()
-    model = c.get_model_metadata("clf", headers=AUTH, as_json=True)
+    http = httpx.get(f"{server.url}/v2/models/clf").json()
+    model = c.get_model_metadata("clf", as_json=True)
     assert model["name"] == "clf" and model["platform"] == http["platform"]
     assert model["versions"] == http["versions"] == ["1"]
     for key in ("inputs", "outputs"):
@@ -105,47 +103,47 @@ def test_health_and_metadata(server: Server) -> None:
 
 def test_model_config_and_statistics_as_http(server: Server) -> None:
     c = server.client
-    config = c.get_model_config("clf", headers=AUTH, as_json=True)["config"]
-    http = httpx.get(f"{server.url}/v2/models/clf/config", headers=AUTH).json()
+    config = c.get_model_config("clf", as_json=True)["config"]
+    http = httpx.get(f"{server.url}/v2/models/clf/config").json()
     assert config["name"] == http["name"] == "clf" and config["platform"] == http["platform"]
     assert config["max_batch_size"] == http["max_batch_size"] > 0
     for key in ("input", "output"):
         got = [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config[key]]
         assert got == [(t["name"], t["data_type"], t["dims"]) for t in http[key]]
-    c.infer("clf", [_input(X)], headers=AUTH)  # at least one request counted
-    http = httpx.get(f"{server.url}/v2/models/clf/stats", headers=AUTH).json()["model_stats"]
-    stats = c.get_inference_statistics("clf", headers=AUTH, as_json=True)["model_stats"]
+    c.infer("clf", [_input(X)])  # at least one request counted
+    http = httpx.get(f"{server.url}/v2/models/clf/stats").json()["model_stats"]
+    stats = c.get_inference_statistics("clf", as_json=True)["model_stats"]
     assert [s["name"] for s in stats] == [s["name"] for s in http] == ["clf"]
     want, got = http[0], stats[0]
     assert int(got["inference_count"]) == want["inference_count"] >= 3
     assert int(got["execution_count"]) == want["execution_count"] >= 1
     for part in ("success", "queue", "compute_infer"):
         assert int(got["inference_stats"][part]["count"]) == want["inference_stats"][part]["count"]
-    every = c.get_inference_statistics("", headers=AUTH, as_json=True)["model_stats"]
+    every = c.get_inference_statistics("", as_json=True)["model_stats"]
     assert {"reg", "clf", "tokens"} <= {s["name"] for s in every}
-    status, _ = _status(lambda: c.get_model_config("nope", headers=AUTH))
+    status, _ = _status(lambda: c.get_model_config("nope"))
     assert status == grpc.StatusCode.NOT_FOUND
 
 
 def test_repository_index_unload_and_load(server: Server) -> None:
     c = server.client
-    index = c.get_model_repository_index(headers=AUTH, as_json=True)["models"]
-    http = httpx.post(f"{server.url}/v2/repository/index", headers=AUTH, json={}).json()
+    index = c.get_model_repository_index(as_json=True)["models"]
+    http = httpx.post(f"{server.url}/v2/repository/index", json={}).json()
     assert [(m["name"], m.get("state", "")) for m in index] == [
         (m["name"], m["state"]) for m in http
     ]
     assert {m["name"] for m in index if m.get("state") == "READY"} >= {"reg", "clf", "tokens"}
     assert "broken" in {m["name"] for m in index}
-    c.unload_model("clf", headers=AUTH)
-    status, _ = _status(lambda: c.infer("clf", [_input(X)], headers=AUTH))
+    c.unload_model("clf")
+    status, _ = _status(lambda: c.infer("clf", [_input(X)]))
     assert status == grpc.StatusCode.NOT_FOUND
-    ready = c.get_model_repository_index(headers=AUTH, as_json=True)["models"]
+    ready = c.get_model_repository_index(as_json=True)["models"]
     assert "clf" not in {m["name"] for m in ready if m.get("state") == "READY"}
-    c.load_model("clf", headers=AUTH)
-    assert c.infer("clf", [_input(X)], headers=AUTH).as_numpy("probs").shape == (3, 3)
-    status, _ = _status(lambda: c.load_model("clf", headers=AUTH, config="{}"))
+    c.load_model("clf")
+    assert c.infer("clf", [_input(X)]).as_numpy("probs").shape == (3, 3)
+    status, _ = _status(lambda: c.load_model("clf", config="{}"))
     assert status == grpc.StatusCode.INVALID_ARGUMENT
-    status, _ = _status(lambda: c.unload_model("nope", headers=AUTH))
+    status, _ = _status(lambda: c.unload_model("nope"))
     assert status == grpc.StatusCode.NOT_FOUND
 
 
@@ -155,7 +153,7 @@ def test_repository_index_unload_and_load(server: Server) -> None:
 @pytest.mark.parametrize("model", ["reg", "clf"])
 def test_raw_infer_equals_json_v2_for_the_same_seed(server: Server, model: str) -> None:
     params = {"mc_samples": 24, "seed": 11}
-    r = server.client.infer(model, [_input(X)], parameters=params, headers=AUTH)
+    r = server.client.infer(model, [_input(X)], parameters=params)
     want = _http_outputs(server, model, X, params)
     resp = r.get_response()
     assert resp.model_name == model and resp.parameters["seed"].int64_param == 11
@@ -171,7 +169,7 @@ def test_typed_contents_and_other_float_types(server: Server) -> None:
     """Typed contents (tritonclient's own stub and messages) and FP64 / FP16 raw inputs
     give the FP32 raw answer: the same values reach the model."""
     params = {"mc_samples": 16, "seed": 5}
-    base = server.client.infer("reg", [_input(X)], parameters=params, headers=AUTH)
+    base = server.client.infer("reg", [_input(X)], parameters=params)
     req = service_pb2.ModelInferRequest(model_name="reg", id="typed-1")
     req.parameters["mc_samples"].int64_param = 16
     req.parameters["seed"].uint64_param = 5
@@ -179,17 +177,14 @@ def test_typed_contents_and_other_float_types(server: Server) -> None:
     t.contents.fp32_contents.extend(X.ravel().tolist())
     req.outputs.add(name="mean")
     with grpc.insecure_channel(server.address) as ch:
-        resp = service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
-            req, metadata=tuple(AUTH.items()), timeout=10
-        )
+        resp = service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
     assert resp.id == "typed-1" and [o.name for o in resp.outputs] == ["mean"]
     mean = np.frombuffer(resp.raw_output_contents[0], "<f4").reshape(3, 1)
     np.testing.assert_array_equal(mean, base.as_numpy("mean"))
-    x64 = server.client.infer("reg", [_input(X.astype(np.float64), "FP64")],
-                              parameters=params, headers=AUTH)  # fmt: skip
+    x64 = server.client.infer("reg", [_input(X.astype(np.float64), "FP64")], parameters=params)
     np.testing.assert_array_equal(x64.as_numpy("mean"), base.as_numpy("mean"))
     halves = X.astype(np.float16)
-    x16 = server.client.infer("reg", [_input(halves, "FP16")], parameters=params, headers=AUTH)
+    x16 = server.client.infer("reg", [_input(halves, "FP16")], parameters=params)
     want16 = _http_outputs(server, "reg", halves.astype(np.float32), params)["mean"]
     np.testing.assert_allclose(x16.as_numpy("mean"), want16, rtol=1e-6, atol=1e-6)
 
@@ -197,10 +192,10 @@ def test_typed_contents_and_other_float_types(server: Server) -> None:
 def test_int64_ids_raw_and_typed(server: Server) -> None:
     ids = np.array([[1, 2, 3], [4, 0, 9]], dtype=np.int64)
     params = {"mc_samples": 8, "seed": 2}
-    raw = server.client.infer("tokens", [_input(ids, "INT64")], parameters=params, headers=AUTH)
+    raw = server.client.infer("tokens", [_input(ids, "INT64")], parameters=params)
     body = {"inputs": [{"name": "input", "datatype": "INT64", "shape": [2, 3],
                         "data": ids.ravel().tolist()}], "parameters": params}  # fmt: skip
-    http = httpx.post(f"{server.url}/v2/models/tokens/infer", json=body, headers=AUTH).json()
+    http = httpx.post(f"{server.url}/v2/models/tokens/infer", json=body).json()
     want = np.asarray(http["outputs"][0]["data"]).reshape(2, 1)
     np.testing.assert_allclose(raw.as_numpy(http["outputs"][0]["name"]), want, rtol=1e-6)
     req = service_pb2.ModelInferRequest(model_name="tokens")
@@ -209,9 +204,7 @@ def test_int64_ids_raw_and_typed(server: Server) -> None:
     t = req.inputs.add(name="input", datatype="INT32", shape=[2, 3])
     t.contents.int_contents.extend(ids.ravel().tolist())
     with grpc.insecure_channel(server.address) as ch:
-        resp = service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
-            req, metadata=tuple(AUTH.items()), timeout=10
-        )
+        resp = service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
     assert resp.outputs[0].datatype == "FP64"  # int64 models answer in float64
     got = np.frombuffer(resp.raw_output_contents[0], "<f8").reshape(2, 1)
     np.testing.assert_array_equal(got, raw.as_numpy(resp.outputs[0].name))
@@ -220,9 +213,8 @@ def test_int64_ids_raw_and_typed(server: Server) -> None:
 def test_aio_client(server: Server) -> None:
     async def run() -> tuple[bool, np.ndarray]:
         async with tga.InferenceServerClient(server.address) as c:
-            ready = await c.is_model_ready("reg", headers=AUTH)
-            r = await c.infer("reg", [_input(X)], parameters={"mc_samples": 24, "seed": 11},
-                              headers=AUTH)  # fmt: skip
+            ready = await c.is_model_ready("reg")
+            r = await c.infer("reg", [_input(X)], parameters={"mc_samples": 24, "seed": 11})
             return ready, r.as_numpy("mean")
 
     ready, mean = asyncio.run(run())
@@ -261,7 +253,7 @@ def _bad_requests() -> list[tuple[str, dict[str, Any], grpc.StatusCode]]:
     "case,kw,code", _bad_requests(), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_bad_input_status_codes(server: Server, case: str, kw: dict[str, Any], code: Any) -> None:
-    call = {"model_name": "reg", "inputs": [_input(X)], "headers": AUTH, **kw}
+    call = {"model_name": "reg", "inputs": [_input(X)], **kw}
     status, message = _status(lambda: server.client.infer(**call))
     assert status == code, (case, status, message)
     assert message and "Traceback" not in message
@@ -270,9 +262,7 @@ def test_bad_input_status_codes(server: Server, case: str, kw: dict[str, Any], c
 def _raw_call(server: Server, req: Any) -> grpc.StatusCode:
     with grpc.insecure_channel(server.address) as ch:
         try:
-            service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
-                req, metadata=tuple(AUTH.items()), timeout=10
-            )
+            service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
         except grpc.RpcError as exc:
             return exc.code()  # type: ignore[no-any-return]
     return grpc.StatusCode.OK
@@ -307,18 +297,14 @@ def test_malformed_tensors_are_invalid_argument(server: Server) -> None:
 def test_message_over_the_body_limit(server: Server) -> None:
     rows = BODY_LIMIT // (4 * FEATURES) + 1  # raw bytes alone past the limit
     status, _ = _status(
-        lambda: server.client.infer(
-            "reg", [_input(np.zeros((rows, FEATURES), np.float32))], headers=AUTH
-        )
+        lambda: server.client.infer("reg", [_input(np.zeros((rows, FEATURES), np.float32))])
     )
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_deadline_exceeded(server: Server) -> None:
     x = np.zeros((1, FEATURES), np.float32)
-    status, _ = _status(
-        lambda: server.client.infer("slow", [_input(x)], headers=AUTH, client_timeout=0.05)
-    )
+    status, _ = _status(lambda: server.client.infer("slow", [_input(x)], client_timeout=0.05))
     assert status == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -345,23 +331,6 @@ def test_fuzzed_requests_never_internal(server: Server) -> None:
     assert server.client.is_server_live()
 
 
-# ---------------------------------------------------------------------------- auth
-
-
-def test_api_key_is_enforced(server: Server) -> None:
-    c = server.client
-    assert c.is_server_live() and c.get_server_metadata().name == "mcdrop"  # no key needed
-    for h in (None, {"authorization": "Bearer wrong"}, {"authorization": KEY}):
-        for call in (
-            lambda h=h: c.infer("reg", [_input(X)], headers=h),
-            lambda h=h: c.get_model_metadata("reg", headers=h),
-            lambda h=h: c.is_model_ready("reg", headers=h),
-        ):
-            status, message = _status(call)
-            assert status == grpc.StatusCode.UNAUTHENTICATED, message
-    assert c.infer("reg", [_input(X)], headers=AUTH).as_numpy("mean").shape == (3, 1)
-
-
 # ---------------------------------------------------------------------------- batching
 
 
@@ -381,8 +350,8 @@ def test_concurrency_32_batches_over_grpc(server: Server) -> None:
     rows, seeds = X[:1], 32 * 8
     alone = {
         s: server.client.infer(
-            "reg", [_input(rows)], parameters={"mc_samples": 16, "seed": s}, headers=AUTH
-        ).as_numpy("mean")  # fmt: skip
+            "reg", [_input(rows)], parameters={"mc_samples": 16, "seed": s}
+        ).as_numpy("mean")
         for s in (0, 1, 2)
     }
     before = _batch_rows(server.url, "reg")
@@ -393,8 +362,7 @@ def test_concurrency_32_batches_over_grpc(server: Server) -> None:
         for j in range(8):
             seed = (k * 8 + j) % 3
             t0 = time.perf_counter()
-            r = await c.infer("reg", [_input(rows)], headers=AUTH,
-                              parameters={"mc_samples": 16, "seed": seed})  # fmt: skip
+            r = await c.infer("reg", [_input(rows)], parameters={"mc_samples": 16, "seed": seed})
             latencies.append(time.perf_counter() - t0)
             out.append((seed, r.as_numpy("mean")))
         return out

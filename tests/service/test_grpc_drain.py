@@ -1,49 +1,91 @@
-"""SIGTERM drains gRPC calls as well as HTTP ones: the real ``mcdrop serve`` with calls of
-both kinds in flight on the slow model (every forward pass sleeps 0.6 s); every one is
-answered, then the process exits and new gRPC calls are refused."""
+"""gRPC auth and SIGTERM on the real ``mcdrop serve`` with an API key: the key is enforced
+on the model methods; then SIGTERM drains gRPC calls as well as HTTP ones. The drain test
+comes last in this module: it ends the module's server."""
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
-from helpers.live_server import free_port, start_server
+from helpers.live_server import ServerProcess, free_port, start_server
 from svc_helpers import FEATURES, write_tiny_repo
 
 pytestmark = pytest.mark.e2e
 
+KEY = "grpc-drain-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+X = np.full((1, FEATURES), 0.5, np.float32)
 
-def test_sigterm_drains_grpc_and_http_calls(tmp_path: Path) -> None:
-    repo = write_tiny_repo(tmp_path / "repo", slow_delay=0.6, broken=False)
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root = tmp_path_factory.mktemp("grpc-drain")
+    repo = write_tiny_repo(root / "repo", slow_delay=0.6, broken=False)
     port = free_port()
-    env = {"MCDROP_GRPC_PORT": str(port), "MCDROP_MAX_QUEUE_DELAY_MS": "0",
-           "MCDROP_DRAIN_SECONDS": "10", "MCDROP_LOG_LEVEL": "info"}  # fmt: skip
-    s = start_server(repo, env, log_path=tmp_path / "server.log")
-    x = np.full((1, FEATURES), 0.5, np.float32)
-    client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+    env = {"MCDROP_GRPC_PORT": str(port), "MCDROP_API_KEY": KEY,
+           "MCDROP_MAX_QUEUE_DELAY_MS": "0", "MCDROP_DRAIN_SECONDS": "10",
+           "MCDROP_LOG_LEVEL": "info"}  # fmt: skip
+    s = start_server(repo, env, log_path=root / "server.log")
+    try:
+        yield s, f"127.0.0.1:{port}"
+    finally:
+        s.stop()
+
+
+def _input() -> tg.InferInput:
+    i = tg.InferInput("input", [1, FEATURES], "FP32")
+    i.set_data_from_numpy(X)
+    return i
+
+
+def _status(fn: Any) -> grpc.StatusCode:
+    with pytest.raises(tg.InferenceServerException) as info:
+        fn()
+    return grpc.StatusCode[str(info.value.status()).removeprefix("StatusCode.")]
+
+
+def test_api_key_is_enforced(server: tuple[ServerProcess, str]) -> None:
+    c = tg.InferenceServerClient(server[1])
+    assert c.is_server_live() and c.get_server_metadata().name == "mcdrop"  # no key needed
+    for h in (None, {"authorization": "Bearer wrong"}, {"authorization": KEY},
+              {"authorization": f"Basic {KEY}"}):  # fmt: skip
+        for call in (
+            lambda h=h: c.infer("reg", [_input()], headers=h),
+            lambda h=h: c.get_model_metadata("reg", headers=h),
+            lambda h=h: c.is_model_ready("reg", headers=h),
+            lambda h=h: c.get_model_repository_index(headers=h),
+        ):
+            assert _status(call) == grpc.StatusCode.UNAUTHENTICATED
+    assert c.infer("reg", [_input()], headers=AUTH).as_numpy("mean").shape == (1, 1)
+    c.close()
+
+
+def test_sigterm_drains_grpc_and_http_calls(server: tuple[ServerProcess, str]) -> None:
+    s, address = server
+    client = tg.InferenceServerClient(address)
 
     def grpc_call(seed: int) -> np.ndarray:
-        i = tg.InferInput("input", [1, FEATURES], "FP32")
-        i.set_data_from_numpy(x)
-        r = client.infer("slow", [i], parameters={"mc_samples": 2, "seed": seed},
-                         client_timeout=20)  # fmt: skip
+        r = client.infer("slow", [_input()], parameters={"mc_samples": 2, "seed": seed},
+                         headers=AUTH, client_timeout=20)  # fmt: skip
         return r.as_numpy("mean")  # type: ignore[no-any-return]
 
     def http_call() -> int:
         tensor = {"name": "input", "datatype": "FP32", "shape": [1, FEATURES],
-                  "data": x.ravel().tolist()}  # fmt: skip
+                  "data": X.ravel().tolist()}  # fmt: skip
         body = {"inputs": [tensor], "parameters": {"mc_samples": 2}}
-        return httpx.post(s.url + "/v2/models/slow/infer", json=body, timeout=20).status_code
+        url = s.url + "/v2/models/slow/infer"
+        return httpx.post(url, json=body, headers=AUTH, timeout=20).status_code
 
     pool = ThreadPoolExecutor(4)
-    try:  # the server is stopped (SIGKILL if it hangs) whatever happens
+    try:
         # HTTP first: it is answered first (the slow model runs one request per engine
         # call), so uvicorn's own HTTP drain ends while the gRPC calls still run and only
         # the gRPC server's drain can save them.
@@ -62,10 +104,9 @@ def test_sigterm_drains_grpc_and_http_calls(tmp_path: Path) -> None:
         # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is -15.
         assert s.proc.wait(30) in (0, -signal.SIGTERM), s.log()[-3000:]
         assert "Application shutdown complete" in s.log()
-        with pytest.raises(tg.InferenceServerException) as info:
-            client.is_server_live(client_timeout=2)
-        assert str(info.value.status()) == str(grpc.StatusCode.UNAVAILABLE)
+        assert _status(lambda: client.is_server_live(client_timeout=2)) == (
+            grpc.StatusCode.UNAVAILABLE
+        )
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         client.close()
-        s.stop()
