@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mcdrop.manifest import version_key
 from service import codec_v2
 from service.metrics import ServiceMetrics
 from service.model_stats import ModelStats, shared_snapshot
@@ -114,15 +115,21 @@ def model_config(plane: DataPlane, name: str, version: str | None) -> dict[str, 
     return config
 
 
+def _versions(plane: DataPlane, name: str) -> list[ModelRuntime]:
+    """Every served version of ``name``, oldest first."""
+    served = plane.versions.get(name, {})
+    return [served[v] for v in sorted(served, key=version_key)]
+
+
 def _runtimes(plane: DataPlane, name: str | None, version: str | None) -> list[ModelRuntime]:
-    """The served runtimes a statistics request names (every one, every version of one
-    model, or one version); 404 / 503 for a model or version that is not served."""
+    """The served runtimes a statistics request names (every version of every model,
+    every version of one, or one); 404 / 503 for a model or version that is not served."""
     if name is None:
-        return plane.served()
+        return [rt for n in sorted(plane.versions) for rt in _versions(plane, n)]
     if version is not None:
         return [plane.get(name, version)]
-    every = [rt for rt in plane.served() if rt.name == name]
-    return every or [plane.get(name, None)]
+    plane.get(name, None)  # 404 / 503 with the reason when it is not served
+    return _versions(plane, name)
 
 
 def _snapshot(rt: ModelRuntime, shared: dict[tuple[str, str, str], float]) -> dict[str, Any]:

@@ -142,3 +142,38 @@ def test_failures_count_as_fail_and_bad_input_never_reaches_the_model(url: str) 
     assert inf["success"]["count"] == before["success"]["count"] + 1
     assert after["inference_count"] == 1 and after["execution_count"] == 1  # the good one
     assert metric(url, 'nv_inference_request_failure{model="slow",version="1"}') == 1
+
+
+def test_statistics_per_version(tmp_path: Path) -> None:
+    """Two versions of one model: each has its own statistics; without a version, both."""
+    import torch
+    from svc_helpers import SOURCE, tiny_models
+    from svc_helpers import _manifest as manifest
+
+    from mcdrop.repository import save_model
+
+    torch.manual_seed(0)
+    for v in ("1", "2"):
+        save_model(
+            tmp_path / f"twin{v}",
+            tiny_models.build_regressor(),
+            manifest("twin", "regression", "build_regressor", version=v),
+            SOURCE,
+        )
+    with live_server(models_dir=tmp_path) as u:
+        for version, n in (("1", 2), ("2", 1)):
+            for _ in range(n):
+                body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                    "data": ROW}]}  # fmt: skip
+                r = httpx.post(f"{u}/v2/models/twin/versions/{version}/infer", json=body)
+                assert r.status_code == 200, r.text
+        both = _stats(u, "/v2/models/twin/stats")["model_stats"]
+        assert [(s["version"], s["inference_count"]) for s in both] == [("1", 2), ("2", 1)]
+        one = _stats(u, "/v2/models/twin/versions/2/stats")["model_stats"]
+        assert [(s["version"], s["inference_count"]) for s in one] == [("2", 1)]
+        assert [s["version"] for s in _stats(u, "/v2/models/stats")["model_stats"]] == ["1", "2"]
+        assert httpx.get(u + "/v2/models/twin/config").json()["parameters"]["version"] == {
+            "string_value": "2"  # the default is the highest version
+        }
+        lab = 'nv_inference_count{model="twin",version="1"}'
+        assert metric(u, lab) == 2
