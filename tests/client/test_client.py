@@ -625,7 +625,7 @@ def test_client_modules_import_no_torch_and_no_service():
     """The client may import httpx, numpy, pydantic, the stdlib, mcdrop.{schemas,errors,fields}."""
     allowed_mcdrop = {"mcdrop.schemas", "mcdrop.errors", "mcdrop.fields", "mcdrop._client_core",
                       "mcdrop._client_encode"}  # fmt: skip
-    root = Path(__file__).resolve().parent.parent / "mcdrop"
+    root = Path(__file__).resolve().parents[2] / "mcdrop"
     for name in ("client.py", "_client_core.py", "_client_encode.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
@@ -750,7 +750,8 @@ def test_async_client_through_asgi_transport():
     from service.app import create_app
     from service.settings import Settings
 
-    app = create_app(Settings(models_dir=MODELS_DIR))
+    # loaded before the lifespan's startup returns, so ready() is true at once
+    app = create_app(Settings(models_dir=MODELS_DIR), background_load=False)
 
     async def main() -> None:
         async with app.router.lifespan_context(app):

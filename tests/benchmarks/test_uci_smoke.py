@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_BOSTON = ROOT.parent / "shared" / "data" / "uci" / "bostonHousing"
 
 

@@ -13,7 +13,7 @@ import pytest
 from mcdrop.errors import DataError
 from mcdrop.evaluation import Progress, main, read_table
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def test_read_table_header_and_whitespace(tmp_path: Path) -> None:

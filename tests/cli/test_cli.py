@@ -17,7 +17,7 @@ import pytest
 
 from mcdrop.cli import COMMANDS, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

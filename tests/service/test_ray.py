@@ -36,7 +36,7 @@ from service.settings import Settings
 
 pytestmark = pytest.mark.ray
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FEATURES = 3
 SLOW_DELAY = 0.4
 
@@ -204,7 +204,7 @@ async def _in_process(repo: Path, path: str, body: dict[str, Any]) -> dict[str, 
     """The same request answered by the plain FastAPI app (no Ray), for comparison."""
     from service.app import create_app
 
-    app = create_app(Settings(models_dir=repo, log_level="warning"))
+    app = create_app(Settings(models_dir=repo, log_level="warning"), background_load=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://in.process") as c:

@@ -10,7 +10,7 @@ import torch
 
 from mcdrop.repository import DTYPES, load_repository
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.fixture(scope="module")
