@@ -9,6 +9,8 @@ test_grpc_drain.py, whose server has one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,7 +22,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
-from helpers.live_server import ServerProcess, free_port, start_server
+from docs.doctools import examples, output_problems
+from helpers.live_server import ROOT, ServerProcess, free_port, start_server
 from helpers.token_repo import make_token_repo
 from svc_helpers import FEATURES, write_tiny_repo
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -47,6 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     repo = write_tiny_repo(root / "repo")  # reg, clf, slow, broken
     (root / "tok").mkdir()
     shutil.copytree(make_token_repo(root / "tok") / "tokens", repo / "tokens")  # int64 ids
+    shutil.copytree(ROOT / "models" / "toy1d", repo / "toy1d")  # docs/grpc.md's model
     port = free_port()
     env = {"MCDROP_GRPC_PORT": str(port),
            "MCDROP_MAX_BODY_BYTES": str(BODY_LIMIT), "MCDROP_STRICT_READINESS": "false",
@@ -385,3 +389,25 @@ def test_concurrency_32_batches_over_grpc(server: Server) -> None:
     assert per_call > 1.0
     for seed, mean in (pair for res in results for pair in res):
         np.testing.assert_allclose(mean, alone[seed], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- docs
+
+
+DOC_RUNS_HERE = "tests/service/test_grpc.py"  # the skip reason of the snippets run here
+
+
+@pytest.mark.parametrize(
+    "example",
+    [e for e in examples(ROOT / "docs" / "grpc.md") if DOC_RUNS_HERE in e.code.reason],
+    ids=lambda e: e.id,
+)
+def test_docs_grpc_snippets(server: Server, example: Any) -> None:
+    """docs/grpc.md's Python snippets against this server: each prints what the page shows."""
+    code = example.code.text.replace("localhost:8001", server.address)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, example.id, "exec"), {"__name__": "__doc_example__"})  # noqa: S102
+    assert example.output is not None, f"{example.id} shows no output"
+    problems = output_problems(example.output.text, out.getvalue().strip())
+    assert not problems, problems
