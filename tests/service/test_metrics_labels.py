@@ -21,8 +21,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-async def client(tiny_repo: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(make_settings(tiny_repo)) as c:
+async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    """An app with no models: these tests need only its middleware and /metrics."""
+    async with app_client(make_settings(tmp_path_factory.mktemp("empty"))) as c:
         yield c
 
 
