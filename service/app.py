@@ -110,7 +110,8 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "traceparent"],
+            expose_headers=["X-Request-ID", "traceparent"],  # readable by browser clients
         )
     # Requests the shutdown cuts get a JSON 503 (inside the access log, which records it).
     app.add_middleware(ShutdownAnswerMiddleware)
