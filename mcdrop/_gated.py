@@ -39,6 +39,7 @@ import inspect as _pyinspect
 import textwrap
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,7 @@ class GateDecision:
 
 
 _READS: dict[type, bool] = {}
+_CANDIDATE: dict[type, bool] = {}  # is_candidate per class: MC mode asks on every call
 _DECISIONS: weakref.WeakKeyDictionary[nn.Module, GateDecision] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
@@ -97,10 +99,17 @@ def reads_training(cls: type[nn.Module]) -> bool:
 
 
 def is_candidate(m: nn.Module) -> bool:
-    """A module whose own flag may gate dropout and that no other mechanism handles."""
-    if isinstance(m, (nn.modules.dropout._DropoutNd, nn.RNNBase, *_sampling._FLAG_TRAINING)):
-        return False
-    return reads_training(type(m))
+    """A module whose own flag may gate dropout and that no other mechanism handles.
+
+    It depends on the class only, so it is cached per class (a dict read needs no lock).
+    """
+    cls = type(m)
+    hit = _CANDIDATE.get(cls)
+    if hit is None:
+        skip = (nn.modules.dropout._DropoutNd, nn.RNNBase, *_sampling._FLAG_TRAINING)
+        hit = not issubclass(cls, skip) and reads_training(cls)
+        _CANDIDATE[cls] = hit
+    return hit
 
 
 def decision(m: nn.Module) -> GateDecision | None:
@@ -235,13 +244,15 @@ def _pre_hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> No
     m.training = d.sampled
 
 
-def flag_gated(model: nn.Module) -> list[Any]:
+def flag_gated(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> list[Any]:
     """Set the flag of every accepted candidate in ``model``; hook the undecided ones.
 
-    Returns the hook handles (removed when MC mode ends).
+    ``modules``: ``list(model.modules())`` when the caller has walked the model already (MC
+    mode is entered once per forward chunk, so each walk counts). Returns the hook handles
+    (removed when MC mode ends).
     """
     handles = []
-    for m in model.modules():
+    for m in model.modules() if modules is None else modules:
         if not is_candidate(m):
             continue
         d = decision(m)

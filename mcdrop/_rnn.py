@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import types
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -107,11 +108,14 @@ def layerwise_forward(self: nn.RNNBase, input: Any, hx: Any = None) -> Any:
     return out, (last[0], last[1]) if self.mode == "LSTM" else last[0]
 
 
-def patch_rnns(model: nn.Module) -> list[nn.Module]:
-    """Give each recurrent module with inter-layer dropout the layer-wise forward."""
-    patched = []
-    for m in model.modules():
-        if samples_between_layers(m) and "forward" not in m.__dict__:
+def patch_rnns(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> list[nn.Module]:
+    """Give each recurrent module with inter-layer dropout the layer-wise forward.
+
+    ``modules``: ``list(model.modules())`` when the caller has walked the model already.
+    """
+    patched: list[nn.Module] = []
+    for m in model.modules() if modules is None else modules:
+        if isinstance(m, nn.RNNBase) and samples_between_layers(m) and "forward" not in m.__dict__:
             m.forward = types.MethodType(layerwise_forward, m)
             patched.append(m)
     return patched
