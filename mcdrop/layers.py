@@ -249,13 +249,18 @@ def set_mc_flags(model: nn.Module) -> MCFlags:
     are flagged as training; multi-layer RNNs with dropout run layer by layer
     (``mcdrop._rnn``).
     """
-    saved = MCFlags((m, m.training) for m in model.modules())
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd) or isinstance(m, _FLAG_TRAINING):
-            m.training = True
-    saved.handles = _gated.flag_gated(model)
-    saved.rnns = _rnn.patch_rnns(model)
+    # One walk, and a flag is written only where it changes: the engine enters MC mode for
+    # every forward chunk, and on small calls these walks were a visible part of the time.
+    mods = list(model.modules())
+    saved = MCFlags((m, m.training) for m in mods)
+    if any(type(m).train is not nn.Module.train for m in mods):
+        model.eval()  # a module's own train() may do more than set its flag: let it
+    for m in mods:
+        want = isinstance(m, (nn.modules.dropout._DropoutNd, *_FLAG_TRAINING))
+        if m.training != want:
+            m.training = want
+    saved.handles = _gated.flag_gated(model, mods)
+    saved.rnns = _rnn.patch_rnns(model, mods)
     return saved
 
 
@@ -265,7 +270,8 @@ def restore_flags(saved: list[tuple[nn.Module, bool]]) -> None:
         h.remove()
     _rnn.unpatch_rnns(getattr(saved, "rnns", []))
     for m, mode in saved:
-        m.training = mode
+        if m.training != mode:
+            m.training = mode
 
 
 def enable_mc(model: nn.Module) -> MCState:
