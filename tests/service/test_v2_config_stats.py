@@ -177,3 +177,14 @@ def test_statistics_per_version(tmp_path: Path) -> None:
         }
         lab = 'nv_inference_count{model="twin",version="1"}'
         assert metric(u, lab) == 2
+
+
+def test_config_and_statistics_need_the_api_key(tmp_path: Path) -> None:
+    """Under MCDROP_API_KEY the new routes are guarded like the other model routes."""
+    with live_server(api_key="k3y", models_dir=tmp_path) as u:  # no models: a fast start
+        for path in ("/v2/models/stats", "/v2/models/m/stats", "/v2/models/m/config"):
+            assert httpx.get(u + path, timeout=10).status_code == 401, path
+        auth = {"Authorization": "Bearer k3y"}
+        every = httpx.get(u + "/v2/models/stats", headers=auth, timeout=10)
+        assert every.status_code == 200 and every.json() == {"model_stats": []}
+        assert httpx.get(u + "/v2/models/m/config", headers=auth).status_code == 404
