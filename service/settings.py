@@ -304,6 +304,9 @@ class Settings(_Clean, BaseSettings):
     opentelemetry : bool
         Record OpenTelemetry spans (a server span per request, its queue wait and batch
         compute; :mod:`service.otel`). Needs ``pip install 'mcdrop[otel]'``. Off by default.
+    page : bool
+        Serve the browser page (``GET /``, ``/static/...`` and the model card route it
+        reads, :mod:`service.page`). On by default.
     ray : RaySettings
         The Ray Serve engine's options (``MCDROP_RAY_*``).
     conn : ConnectionSettings
@@ -350,11 +353,12 @@ class Settings(_Clean, BaseSettings):
     model_control: str = "none"
     poll_interval_s: float = 5.0
     opentelemetry: bool = False
+    page: bool = True
     ray: RaySettings = RaySettings()
     conn: ConnectionSettings = ConnectionSettings()
 
     _bools = field_validator(
-        "batching", "share_unseeded", "compile", "strict_readiness", "opentelemetry",
+        "batching", "share_unseeded", "compile", "strict_readiness", "opentelemetry", "page",
         mode="before",
     )(_parse_bool)  # fmt: skip
     _lists = field_validator("cors_origins", "devices", mode="before")(_parse_list)
