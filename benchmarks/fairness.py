@@ -47,9 +47,16 @@ def _ms(x: float) -> float:
 
 
 async def small_during_maximal(
-    url: str, model: str, small_samples: int = 50, alone: int = 20, max_seconds: float = 120.0
+    url: str,
+    model: str,
+    small_samples: int = 50,
+    alone: int = 20,
+    max_seconds: float = 120.0,
+    size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The figures of the module doc, measured against the server at ``url``."""
+    """The figures of the module doc, measured against the server at ``url``; ``size``
+    (rows, samples) replaces the maximal request's (to compare servers that state no
+    budget)."""
     async with httpx.AsyncClient(base_url=url, timeout=max_seconds + 30) as c:
         meta = (await c.get(f"/v2/models/{model}")).json()
         params = meta["parameters"]
@@ -58,8 +65,11 @@ async def small_during_maximal(
         row: Any = zero
         for d in reversed(shape):
             row = [row] * d
-        rows = int(params["max_batch_rows"])
-        samples = max(1, min(int(params["max_samples"]), int(params["max_row_samples"]) // rows))
+        if size is not None:
+            rows, samples = size
+        else:
+            rows = int(params["max_batch_rows"])
+            samples = max(1, min(int(params["max_samples"]), params["max_row_samples"] // rows))
         path = f"/v1/models/{model}/predict"
         small_body = {"inputs": [row], "samples": small_samples, "seed": 1}
 
@@ -121,9 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="toy1d")
     p.add_argument("--small-samples", type=int, default=50)
     p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--size", type=int, nargs=2, metavar=("ROWS", "SAMPLES"), default=None,
+                   help="the long request's size instead of the maximal admitted one")  # fmt: skip
     args = p.parse_args(argv)
+    size = tuple(args.size) if args.size else None
     run = lambda url: asyncio.run(  # noqa: E731
-        small_during_maximal(url, args.model, args.small_samples, max_seconds=args.max_seconds)
+        small_during_maximal(
+            url, args.model, args.small_samples, max_seconds=args.max_seconds, size=size
+        )  # fmt: skip
     )
     if args.url is not None:
         fig = run(args.url)
