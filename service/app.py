@@ -95,7 +95,8 @@ def create_app(
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_repository.router)
-    app.include_router(page.router)
+    if settings.page:  # the browser page (GET /, /static, the card); MCDROP_PAGE=false drops it
+        app.include_router(page.router)
     _install_error_handlers(app)
     if settings.api_key is not None:
         _document_bearer_auth(app)
