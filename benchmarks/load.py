@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator of the on/off phases: wrk (when installed: "
                         "apt-get install wrk) or the Python httpx one (default: auto)")  # fmt: skip
     p.add_argument("--device", default=None, help="MCDROP_DEVICE of the server (e.g. cuda)")
+    p.add_argument("--fairness", action="store_true",
+                   help="also the p95 of one-row requests while a maximal request of the "
+                        "model runs (benchmarks/fairness.py)")  # fmt: skip
     args = p.parse_args(argv)
     if args.generator == "auto":
         import shutil
@@ -496,6 +499,14 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+    fair = None
+    if args.fairness:
+        from fairness import report, small_during_maximal
+
+        with start_server(models_dir, base_env) as server:
+            fair = asyncio.run(small_during_maximal(server.url, args.model, args.samples))
+        print(report(fair), flush=True)
+
     by = {(r["mode"], r["concurrency"]): r for r in rows}
     targets: dict[str, bool] = {}
     if ("on", 32) in by and ("off", 32) in by:
@@ -523,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "load", "model": args.model, "samples": args.samples,
         "generator": args.generator, "share_unseeded": not args.no_share,
         "versions": versions(), "phases": rows, "saturation": sat, "targets": targets,
+        "fairness": fair,
     }  # fmt: skip
     print(json.dumps(result, separators=(",", ":")))
     return 0 if all(targets.values()) else 1

@@ -54,7 +54,10 @@ __all__ = [
 
 _THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 _GC_PAUSE_BYTES = 256 << 10  # bigger bodies are parsed with the collector paused
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# A run of 19 digits, found as 19 zeros once every digit is a zero: two C passes, where
+# the regular expression [0-9]{19} took 75-130 ms on a 1.3 MiB body of 17-digit floats.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
 # A \uD800-\uDFFF escape: the standard parser accepts a lone one, which no response can
 # encode (orjson refuses it), so such bodies are checked after parsing.
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
@@ -253,7 +256,7 @@ def _parse(body: bytes, max_depth: int) -> Any:
     # malformed or non-UTF-8 bodies, very deep nesting) goes to the standard parser, whose
     # errors carry our messages. So do bodies with a run of 19 or more digits: orjson
     # reads integers beyond 64 bits as floats, where the standard parser keeps them exact.
-    if _LONG_DIGITS.search(body) is not None:
+    if body.translate(_DIGITS_TO_ZERO).find(_LONG_DIGITS) >= 0:
         obj = _parse_slow(body, max_depth)
     else:
         try:

@@ -125,35 +125,35 @@ def measure_cost(
     rows: int,
     max_samples: int,
     chunk_rows: int,
-    target_s: float = 0.05,
-    max_total_s: float = 3.0,
+    max_run_s: float = 0.25,
+    repeats: int = 2,
 ) -> float:
-    """Seconds per row-sample of ``run(rows, samples)`` (a prediction).
+    """Seconds per row-sample of ``run(rows, samples)`` (a prediction), measured on one
+    full forward chunk: the size large requests run in, where the fixed cost of a call is
+    a small share.
 
-    Each size runs twice and the faster run counts (a thread descheduled for a time slice
-    would otherwise look slow). The sample count grows four-fold from 4 until the time
-    has reached ``target_s`` and at least doubled since the last size (the work, not the
-    fixed cost of a call or noise, decides it), or the next size would not fit one forward
-    chunk (``chunk_rows``) or ``max_samples``, or the measuring has taken
-    ``max_total_s``. On calls that large the fixed cost of a call is a small share, so
-    large requests (the ones the budget is for) are estimated well and small ones
-    over-estimated, the safe side. A machine busy at warm-up measures a higher cost, so a
-    stricter budget.
+    The sample count grows four-fold from 4 up to the samples of one chunk
+    (``chunk_rows // rows``, at most ``max_samples``), or until a call takes
+    ``max_run_s`` (a slow model is measured on a smaller call); that size then runs
+    ``repeats`` times and the fastest counts (a thread descheduled for a time slice would
+    otherwise look slow). Small requests are over-estimated, the safe side; a machine busy
+    at warm-up measures a higher cost, so a stricter budget.
     """
-    samples, prev, began = min(4, max_samples), math.inf, time.perf_counter()
-    while True:
-        elapsed = math.inf
-        for _ in range(2):
-            t0 = time.perf_counter()
-            run(rows, samples)
-            elapsed = min(elapsed, time.perf_counter() - t0)
-        units = rows * samples
-        grown = elapsed >= target_s and elapsed >= 2 * prev
-        spent = time.perf_counter() - began >= max_total_s
-        bigger = min(max_samples, samples * 4, max(1, chunk_rows // rows))
-        if grown or spent or bigger <= samples:
-            return max(elapsed, 1e-9) / units
-        prev, samples = elapsed, bigger
+    full = max(1, min(max_samples, chunk_rows // rows))
+    samples = min(4, full)
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        run(rows, samples)
+        return time.perf_counter() - t0
+
+    elapsed = timed()
+    while samples < full and elapsed < max_run_s:
+        samples = min(full, samples * 4)
+        elapsed = timed()
+    for _ in range(repeats - 1):
+        elapsed = min(elapsed, timed())
+    return max(elapsed, 1e-9) / (rows * samples)
 
 
 def measure_budget(model: ModelRuntime, predictor: Any) -> ComputeBudget:

@@ -28,13 +28,12 @@ log = logging.getLogger("mcdrop.service")
 
 
 def handler(servicer: Servicer) -> grpc.GenericRpcHandler:
-    """The service's method table (no generated stubs: each method is a servicer method
-    with the schema's message classes as (de)serializers)."""
+    """The service's method table (no generated stubs: each method is a servicer method;
+    it parses its request bytes itself, see :func:`~service.grpc.servicer.rpc`)."""
     methods = {}
-    for name, req, resp in METHODS:
+    for name, _, resp in METHODS:
         methods[name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),
-            request_deserializer=message_class(req).FromString,
             response_serializer=message_class(resp).SerializeToString,
         )
     return grpc.method_handlers_generic_handler(SERVICE, methods)

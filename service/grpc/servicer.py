@@ -19,11 +19,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 import mcdrop
 from service import model_info
 from service.errors import (
     INTERNAL_ERROR_MESSAGE,
+    BadRequest,
     NotFound,
     RequestTimeout,
     ServiceError,
@@ -69,19 +71,31 @@ def _check_key(key: str | None, context: grpc.aio.ServicerContext) -> None:
 
 
 def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
-    """Wrap a servicer method: the API key (when ``protected``), then errors to statuses.
+    """Wrap a servicer method: the API key (when ``protected``), the request message
+    parsed, then errors to statuses.
 
-    A :class:`~service.errors.ServiceError` or mcdrop error aborts the call with the status
+    The wrapped method is called with the raw request bytes (the server registers no
+    deserializer): a message that does not parse is bad input, INVALID_ARGUMENT, where
+    grpcio's own deserialization failure would be INTERNAL. A
+    :class:`~service.errors.ServiceError` or mcdrop error aborts the call with the status
     of :func:`~service.errors.grpc_status_for` and the message HTTP would send; anything
     else is INTERNAL with a generic message (the traceback goes to the server log only).
     """
 
     def wrap(method: Handler) -> Handler:
+        parse = message_class(f"{method.__name__}Request").FromString
+
         @functools.wraps(method)
-        async def call(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if protected:
                     _check_key(self.settings.api_key, context)
+                try:
+                    request = parse(raw)
+                except DecodeError:
+                    raise BadRequest(
+                        f"the {method.__name__}Request message does not parse"
+                    ) from None
                 return await method(self, request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise

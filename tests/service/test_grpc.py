@@ -298,6 +298,19 @@ def test_malformed_tensors_are_invalid_argument(server: Server) -> None:
     assert got == dict.fromkeys(cases, grpc.StatusCode.INVALID_ARGUMENT)
 
 
+def test_messages_that_do_not_parse_are_invalid_argument(server: Server) -> None:
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    bodies = [b"\xff\xff\xff", b"\x0a\x05reg", b"\x0a\x02\xff\xfe"]  # bad varint, short, not UTF-8
+    codes = []
+    with grpc.insecure_channel(server.address) as ch:
+        call = ch.unary_unary(method)  # bytes in, bytes out
+        for body in bodies:
+            with pytest.raises(grpc.RpcError) as info:
+                call(body, timeout=10)
+            codes.append(info.value.code())  # type: ignore[attr-defined]
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * len(bodies)
+
+
 def test_message_over_the_body_limit(server: Server) -> None:
     rows = BODY_LIMIT // (4 * FEATURES) + 1  # raw bytes alone past the limit
     status, _ = _status(
