@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -120,21 +119,6 @@ def create_app(
     return app
 
 
-async def _load(plane: DataPlane, settings: Settings) -> None:
-    """Load every model (the lifespan's background task), then freeze what is alive."""
-    await plane.load_all()
-    log.info(
-        "mcdrop ready: %d model(s) from %s, %d failed",
-        len(plane.models), settings.models_dir, len(plane.failures),
-    )  # fmt: skip
-    # Everything alive now (torch, the models, the app) lives as long as the process:
-    # move it out of the collector's view. Otherwise every full collection walks those
-    # millions of objects while requests wait (p99 at concurrency 32 went from 130 ms to
-    # 36 ms with this line; benchmarks/RESULTS.md).
-    gc.collect()
-    gc.freeze()
-
-
 def _lifespan(
     settings: Settings, plane: DataPlane, metrics: ServiceMetrics, background_load: bool = True
 ) -> Any:
@@ -145,7 +129,8 @@ def _lifespan(
         loading = None
         if not plane.loaded:
             plane.prepare()
-            loading = asyncio.create_task(_load(plane, settings))
+            # (load_all freezes what is alive once loaded: see DataPlane.load_all)
+            loading = asyncio.create_task(plane.load_all())
             if not background_load:
                 await loading
         previous = sys.getswitchinterval()
