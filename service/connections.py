@@ -270,7 +270,7 @@ class _Guard:
         self._g_mark = 0  # _g_bytes when the body window began
         self._g_cycle: Any = None  # the request whose body or app phase this is
         self._g_timer: asyncio.TimerHandle | None = None
-        self._g_since = self.loop.time()  # when the idle or head phase began
+        self._g_since = self.loop.time()  # since when no request is under way
         if len(self.connections) > lim.max_connections and not self._g_evict():
             self.app = _busy_app
         self._g_arm(lim.idle_timeout_s, self._g_on_idle)
@@ -331,9 +331,9 @@ class _Guard:
                 # Bytes of a head arrived (or the answer came before the whole body:
                 # what follows counts as the next head, under the same limits).
                 self._g_phase = _HEAD
-                self._g_since = self.loop.time()
-                if phase == _BODY:
+                if phase == _BODY:  # (an idle connection keeps its start: since it opened)
                     self._g_head = 0
+                    self._g_since = self.loop.time()
                 self._g_arm(lim.header_timeout_s, self._g_on_head_timeout)
             elif phase == _HEAD and self._g_head > lim.max_header_bytes:
                 self._g_refuse(HeadersTooLarge(self._g_too_large()))
