@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve()
 CASES_FILE = HERE.parent.parent / "mcdrop" / "bench_cases.py"
@@ -55,7 +56,9 @@ def child(case_name: str, threads: int, clock: str) -> None:
     pred = MCPredictor(model, samples=case.samples, task=case.task, max_samples=10_000)
     variance = float(pred.predict(x, seed=0).variance.double().mean())
     pred.predict(x, seed=0)
-    print(json.dumps({"ready": mcdrop.__file__, "mean_variance": variance}), flush=True)
+    ready = {"ready": mcdrop.__file__, "mean_variance": variance,
+             "python_calls": _python_calls(lambda: pred.predict(x, seed=0))}  # fmt: skip
+    print(json.dumps(ready), flush=True)
     for line in sys.stdin:
         n = int(line)
         if n <= 0:
@@ -66,6 +69,24 @@ def child(case_name: str, threads: int, clock: str) -> None:
             pred.predict(x, seed=0)
             times.append((now() - t0) * 1e3)
         print(json.dumps(times), flush=True)
+
+
+def _python_calls(fn: Any) -> int:
+    """Python and C function calls made by ``fn()``: the per-call overhead in a number that
+    does not depend on the machine's load (the tensor work is a fixed number of calls)."""
+    count = 0
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
 
 
 def _start(tree: Path, case: str, ns: argparse.Namespace) -> subprocess.Popen[str]:
@@ -106,14 +127,17 @@ def run_case(case: str, trees: dict[str, Path], ns: argparse.Namespace) -> dict[
             assert proc.stdout is not None
             info[name] = json.loads(proc.stdout.readline())
         times: dict[str, list[float]] = {n: [] for n in procs}
-        ratios = []  # per round: median of the last tree / median of the first
         order = list(procs)
+        ratios: dict[str, list[float]] = {n: [] for n in order[1:]}  # per round, to the first
         for r in range(rounds):
             this = {}
             for name in order if r % 2 == 0 else order[::-1]:
                 this[name] = _ask(procs[name], calls)
                 times[name] += this[name]
-            ratios.append(statistics.median(this[order[-1]]) / statistics.median(this[order[0]]))
+            for name in order[1:]:
+                ratios[name].append(
+                    statistics.median(this[name]) / statistics.median(this[order[0]])
+                )
     finally:
         for proc in procs.values():
             if proc.stdin is not None and proc.poll() is None:
@@ -128,12 +152,13 @@ def run_case(case: str, trees: dict[str, Path], ns: argparse.Namespace) -> dict[
                 "min_ms": round(min(t), 2),
                 "max_ms": round(max(t), 2),
                 "mean_variance": info[n]["mean_variance"],
+                "python_calls": info[n]["python_calls"],
                 "mcdrop": info[n]["ready"],
+                "ratio": round(med[n] / med[order[0]], 3),
+                "round_ratios": [round(x, 3) for x in ratios.get(n, [1.0])],
             }
             for n, t in times.items()
         },
-        "ratio": round(med[order[-1]] / med[order[0]], 3),
-        "round_ratios": [round(x, 3) for x in ratios],
     }
 
 
@@ -163,29 +188,27 @@ def main(argv: list[str] | None = None) -> int:
         trees[name] = Path(path).resolve()
     if len(trees) < 2:
         ap.error("give at least two --tree NAME=PATH")
-    first, last = list(trees)[0], list(trees)[-1]
-    results = {}
+    first = list(trees)[0]
+    results: dict[str, Any] = {}
     for case in ns.cases.split(","):
-        results[case] = res = run_case(case, trees, ns)
-        print(f"# {case}: {last}/{first} = {res['ratio']}", file=sys.stderr, flush=True)
+        results[case] = run_case(case, trees, ns)
+        print(f"# {case} done", file=sys.stderr, flush=True)
     if ns.json:
         print(json.dumps(results))
         return 0
-    names = list(trees)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-          f"{ns.rounds} rounds x {ns.calls} calls per tree, ABBA order, {ns.clock} clock, "
-          f"torch threads {ns.threads or 'default'}")  # fmt: skip
-    print("| case | " + " | ".join(f"{n} ms, median (min-max)" for n in names)
-          + f" | {last} / {first} | per-round ratios, median (min-max) |")  # fmt: skip
-    print("|---" * (len(names) + 3) + "|")
+          f"load average {os.getloadavg()[0]:.1f} at the end, {ns.rounds} rounds x {ns.calls} "
+          f"calls per tree, ABBA order, {ns.clock} clock, torch threads "
+          f"{ns.threads or 'default'}")  # fmt: skip
+    print(f"| case | tree | ms, median (min-max) | / {first} | per-round ratio, median "
+          "(min-max) | Python calls per predict | mean variance |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for case, res in results.items():
-        cells = [
-            f"{t['median_ms']:.2f} ({t['min_ms']:.2f}-{t['max_ms']:.2f})"
-            for t in res["trees"].values()  # type: ignore[attr-defined]
-        ]
-        rr = res["round_ratios"]
-        spread = f"{statistics.median(rr):.3f} ({min(rr):.3f}-{max(rr):.3f})"  # type: ignore[arg-type]
-        print(f"| {case} | " + " | ".join(cells) + f" | {res['ratio']:.3f} | {spread} |")
+        for name, t in res["trees"].items():
+            rr = t["round_ratios"]
+            print(f"| {case} | {name} | {t['median_ms']:.2f} ({t['min_ms']:.2f}-{t['max_ms']:.2f})"
+                  f" | {t['ratio']:.3f} | {statistics.median(rr):.3f} ({min(rr):.3f}-"
+                  f"{max(rr):.3f}) | {t['python_calls']} | {t['mean_variance']:.4g} |")  # fmt: skip
     return 0
 
 
