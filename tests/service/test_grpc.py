@@ -1,5 +1,6 @@
-"""gRPC (inference.GRPCInferenceService) end to end: the real ``mcdrop serve`` on
-127.0.0.1 and the real ``tritonclient.grpc`` clients (sync and aio) in their default modes.
+"""gRPC (inference.GRPCInferenceService) end to end: the real server (uvicorn with the
+gRPC server in its event loop) on 127.0.0.1 and the real ``tritonclient.grpc`` clients
+(sync and aio) in their default modes.
 
 One server for the module (a small body limit, strict readiness off so that the broken
 model can be asked for, explicit model control); the API key is tested in
@@ -23,10 +24,12 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 from docs.doctools import examples, output_problems
-from helpers.live_server import ROOT, ServerProcess, free_port, start_server
+from helpers.live_server import ROOT, free_port, live_server
 from helpers.token_repo import make_token_repo
 from svc_helpers import FEATURES, write_tiny_repo
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from service.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -37,31 +40,31 @@ X = (np.arange(3 * FEATURES, dtype=np.float32).reshape(3, FEATURES) - 5) / 7  # 
 class Server:
     """The module's server: its HTTP URL, its gRPC address and a sync client."""
 
-    def __init__(self, proc: ServerProcess, grpc_port: int) -> None:
-        self.proc = proc
-        self.url = proc.url
+    def __init__(self, url: str, grpc_port: int) -> None:
+        self.url = url
         self.address = f"127.0.0.1:{grpc_port}"
         self.client = tg.InferenceServerClient(self.address)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """uvicorn with gRPC in its loop, in a thread of this process (the subprocess form,
+    ``mcdrop serve``, is test_grpc_drain.py's)."""
     root = tmp_path_factory.mktemp("grpc")
     repo = write_tiny_repo(root / "repo")  # reg, clf, slow, broken
     (root / "tok").mkdir()
     shutil.copytree(make_token_repo(root / "tok") / "tokens", repo / "tokens")  # int64 ids
     shutil.copytree(ROOT / "models" / "toy1d", repo / "toy1d")  # docs/grpc.md's model
     port = free_port()
-    env = {"MCDROP_GRPC_PORT": str(port),
-           "MCDROP_MAX_BODY_BYTES": str(BODY_LIMIT), "MCDROP_STRICT_READINESS": "false",
-           "MCDROP_MODEL_CONTROL": "explicit", "MCDROP_LOG_LEVEL": "warning"}  # fmt: skip
-    proc = start_server(repo, env, log_path=root / "server.log")
-    s = Server(proc, port)
-    try:
-        yield s
-    finally:
-        s.client.close()
-        proc.stop()
+    settings = Settings(models_dir=repo, grpc_port=port, max_body_bytes=BODY_LIMIT,
+                        strict_readiness=False, model_control="explicit",
+                        log_level="warning")  # fmt: skip
+    with live_server(settings=settings) as url:
+        s = Server(url, port)
+        try:
+            yield s
+        finally:
+            s.client.close()
 
 
 def _input(x: np.ndarray, datatype: str = "FP32") -> tg.InferInput:
