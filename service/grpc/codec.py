@@ -153,7 +153,9 @@ def encode_infer(model: ModelRuntime, answer: Answer, req: V2Request) -> Any:
     for o in out["outputs"]:
         data = np.ascontiguousarray(o["data"])
         resp.outputs.add(name=o["name"], datatype=o["datatype"], shape=o["shape"])
-        resp.raw_output_contents.append(data.astype(data.dtype.newbyteorder("<")).tobytes())
+        resp.raw_output_contents.append(
+            data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+        )
     return resp
 
 
