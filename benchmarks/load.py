@@ -6,6 +6,7 @@ async httpx load, with dynamic batching on and off in the same run, then past sa
     python benchmarks/load.py --quick               # a short smoke run
     python benchmarks/load.py --models-dir DIR --model NAME --samples 50
     python benchmarks/load.py --no-share            # every request draws its own masks
+    python benchmarks/load.py --compare-page --concurrency 1 32   # with and without the page
 
 The payload has no seed, so by default requests batched together share one seed and one
 set of sampled subnetworks (MCDROP_SHARE_UNSEEDED); ``--no-share`` measures the server
@@ -223,7 +224,7 @@ def run_phase_wrk(
         raise RuntimeError(f"wrk reached the safety cap of {max_requests} requests: raise it")
     statuses = Counter({"200": r["ok"], "503": r["s503"], "other": r["other"],
                         "socket_error": r["socket_errors"]})  # fmt: skip
-    pcts = {q: r[f"p{q}"] / 1e6 for q in (50, 95, 99)}
+    pcts: dict[float, float] = {q: r[f"p{q}"] / 1e6 for q in (50, 95, 99)}
     return WrkResult(concurrency, r["duration_us"] / 1e6, +statuses, pcts)
 
 
@@ -448,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator of the on/off phases: wrk (when installed: "
                         "apt-get install wrk) or the Python httpx one (default: auto)")  # fmt: skip
     p.add_argument("--device", default=None, help="MCDROP_DEVICE of the server (e.g. cuda)")
+    p.add_argument("--compare-page", action="store_true",
+                   help="only the same load with and without the page (MCDROP_PAGE), "
+                        "interleaved, with their ratio (benchmarks/load_ab.py)")  # fmt: skip
     p.add_argument("--fairness", action="store_true",
                    help="also the p95 of one-row requests while a maximal request of the "
                         "model runs (benchmarks/fairness.py)")  # fmt: skip
@@ -456,6 +460,15 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         args.generator = "wrk" if shutil.which("wrk") else "httpx"
+    if args.compare_page:  # issue 17: the page must add nothing to the prediction path
+        from load_ab import main as ab_main
+
+        return ab_main([f"--variant=page={ROOT},MCDROP_PAGE=true",
+                        f"--variant=no-page={ROOT},MCDROP_PAGE=false",
+                        "--models-dir", str(args.models_dir), "--model", args.model,
+                        "--samples", str(args.samples), "--generator", args.generator,
+                        "--concurrency", *map(str, args.concurrency),
+                        *(["--rounds", "2", "--seconds", "2"] if args.quick else [])])  # fmt: skip
     if args.quick:
         args.requests, args.seconds = 120, 5.0
     models_dir = args.models_dir.resolve()
