@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""The same load against two or more servers, interleaved in one run: an A/B of the service
+that holds on a loaded machine (the figures of ``benchmarks/load.py`` moved by 2x between
+neighbouring runs of the same code on the shared 2-core CPU).
+
+A variant is a source tree and ``MCDROP_*`` settings: ``--variant NAME=TREE[,KEY=VALUE...]``.
+Every variant's ``mcdrop serve`` runs at once (its own port, ``PYTHONPATH`` = its tree, the
+same model folder), idle while another is measured. Each round drives every variant in
+turn with the same closed-loop phase (wrk when installed, else httpx; ``--seconds`` long),
+in ABBA order, so a change in the machine's load hits all alike. Reported: each variant's
+median throughput and p50/p95 over the rounds, its ratio to the first variant, and the
+spread of the per-round ratios.
+
+    # the page on and off (issue 17: the page adds nothing to the prediction hot path)
+    python benchmarks/load_ab.py --variant page=.,MCDROP_PAGE=true \\
+        --variant no-page=.,MCDROP_PAGE=false
+    # a base commit against this tree
+    git worktree add /tmp/before ca4e879
+    python benchmarks/load_ab.py --variant before=/tmp/before --variant after=.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import _load_phase, sample_row  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers.live_server import ServerProcess, free_port, settled  # noqa: E402
+
+
+def parse_variant(spec: str) -> tuple[str, Path, dict[str, str]]:
+    """``NAME=TREE[,KEY=VALUE...]`` -> (name, tree, env)."""
+    name, _, rest = spec.partition("=")
+    tree, *pairs = rest.split(",")
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("MCDROP_"):
+            raise SystemExit(f"--variant {spec!r}: settings are MCDROP_KEY=VALUE, got {pair!r}")
+        env[key] = value
+    if not name or not tree:
+        raise SystemExit(f"--variant {spec!r}: expected NAME=TREE[,MCDROP_KEY=VALUE...]")
+    return name, Path(tree).resolve(), env
+
+
+def serve(tree: Path, models_dir: Path, env: dict[str, str], timeout: float) -> ServerProcess:
+    """``mcdrop serve`` from ``tree`` (its own code) on a free port, once its models loaded."""
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
+    full.update({"MCDROP_LOG_LEVEL": "warning", **env, "PYTHONPATH": str(tree)})
+    log_path = Path(tempfile.mkstemp(prefix="mcdrop-ab-", suffix=".log")[1])
+    cmd = [sys.executable, "-m", "mcdrop.cli", "serve", "--port", str(port),
+           "--models-dir", str(models_dir)]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=tree, env=full, stdout=log, stderr=subprocess.STDOUT)
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", port, log_path, env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server from {tree} exited:\n{server.log()[-3000:]}")
+        try:
+            if settled(httpx.get(server.url + "/health/ready", timeout=1.0)):
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"server from {tree} not ready in {timeout} s:\n{server.log()[-3000:]}")
+
+
+def one_model_repo(models_dir: Path, model: str, into: Path) -> Path:
+    """A repository holding only ``model`` (copied), so every tree loads the same folder and
+    no other model's format matters."""
+    shutil.copytree(models_dir / model, into / model)
+    return into
+
+
+def _phase(args: Any, url: str, path: str, payload: dict[str, Any], c: int) -> dict[str, float]:
+    r = asyncio.run(_load_phase(args, url, path, payload, c, max(args.requests, 4 * c)))
+    errors = sum(v for k, v in r.statuses.items() if k != "200")
+    return {"rps": r.throughput(), "p50_ms": r.pct(50) * 1e3, "p95_ms": r.pct(95) * 1e3,
+            "errors": errors}  # fmt: skip
+
+
+def measure(
+    servers: dict[str, ServerProcess], payload: dict[str, Any], path: str, args: Any
+) -> dict[int, dict[str, list[dict[str, float]]]]:
+    """Per concurrency, per variant: one phase result per round (ABBA order)."""
+    out: dict[int, dict[str, list[dict[str, float]]]] = {}
+    names = list(servers)
+    for c in args.concurrency:
+        out[c] = {n: [] for n in names}
+        for r in range(args.rounds):
+            for n in names if r % 2 == 0 else names[::-1]:
+                out[c][n].append(_phase(args, servers[n].url, path, payload, c))
+        first = out[c][names[0]]
+        print(f"# c={c}: " + ", ".join(
+            f"{n} {statistics.median(x['rps'] for x in out[c][n]):.0f} req/s" for n in names
+        ) + f" (first {statistics.median(x['rps'] for x in first):.0f})", file=sys.stderr,
+            flush=True)  # fmt: skip
+    return out
+
+
+def summary(results: dict[int, dict[str, list[dict[str, float]]]]) -> list[dict[str, Any]]:
+    """Rows: concurrency, variant, median req/s (min-max), p50/p95, ratio to the first."""
+    rows = []
+    for c, by in results.items():
+        names = list(by)
+        base = [x["rps"] for x in by[names[0]]]
+        for n in names:
+            rps = [x["rps"] for x in by[n]]
+            per_round = [a / b if b else float("nan") for a, b in zip(rps, base)]
+            rows.append({
+                "concurrency": c, "variant": n,
+                "rps": statistics.median(rps), "rps_min": min(rps), "rps_max": max(rps),
+                "p50_ms": statistics.median(x["p50_ms"] for x in by[n]),
+                "p95_ms": statistics.median(x["p95_ms"] for x in by[n]),
+                "errors": sum(int(x["errors"]) for x in by[n]),
+                "ratio": statistics.median(rps) / statistics.median(base),
+                "round_ratio": statistics.median(per_round),
+                "round_min": min(per_round), "round_max": max(per_round),
+            })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict[str, Any]], first: str) -> str:
+    out = (
+        f"| concurrency | variant | req/s, median (min-max) | p50 ms | p95 ms | / {first} "
+        "| per-round ratio, median (min-max) | errors |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    for r in rows:
+        out += (f"| {r['concurrency']} | {r['variant']} | {r['rps']:.0f} ({r['rps_min']:.0f}-"
+                f"{r['rps_max']:.0f}) | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['ratio']:.3f}"
+                f" | {r['round_ratio']:.3f} ({r['round_min']:.3f}-{r['round_max']:.3f}) | "
+                f"{r['errors']} |\n")  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=TREE[,MCDROP_KEY=VALUE...] (two or more)")  # fmt: skip
+    ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    ap.add_argument("--model", default="digits")
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per phase")
+    ap.add_argument("--requests", type=int, default=100_000, help="most requests per phase")
+    ap.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto")
+    ap.add_argument("--json", action="store_true", help="also print one JSON line")
+    args = ap.parse_args(argv)
+    if args.generator == "auto":
+        args.generator = "wrk" if shutil.which("wrk") else "httpx"
+    variants = [parse_variant(v) for v in args.variant]
+    if len(variants) < 2:
+        ap.error("give two or more --variant NAME=TREE[,MCDROP_KEY=VALUE...]")
+    path = f"/v1/models/{args.model}/predict"
+    with tempfile.TemporaryDirectory(prefix="mcdrop-ab-repo-") as tmp:
+        repo = one_model_repo(args.models_dir.resolve(), args.model, Path(tmp))
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for name, tree, env in variants:
+                servers[name] = serve(tree, repo, env, timeout=120)
+            first = next(iter(servers.values()))
+            meta = httpx.get(f"{first.url}/v1/models/{args.model}", timeout=10).json()
+            payload = {"inputs": [sample_row(repo, args.model, meta["input_shape"])],
+                       "samples": args.samples}  # fmt: skip
+            # What each variant serves at GET / (the page, or a 404 where it is off).
+            root = {n: httpx.get(s.url + "/", timeout=10).status_code for n, s in servers.items()}
+            for s in servers.values():  # warm every server alike
+                _phase(args, s.url, path, payload, 4)
+            results = measure(servers, payload, path, args)
+        finally:
+            for s in servers.values():
+                s.stop()
+    rows = summary(results)
+    load = os.getloadavg()[0]
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load "
+          f"average {load:.1f} at the end; model {args.model}, S = {args.samples}, one row per "
+          f"request, generator {args.generator}, {args.rounds} rounds x {args.seconds:g} s per "
+          "variant and concurrency, ABBA order; GET / answered "
+          + ", ".join(f"{n} {code}" for n, code in root.items()))  # fmt: skip
+    print(table(rows, variants[0][0]))
+    if args.json:
+        print(json.dumps({"variants": [v[0] for v in variants], "get_root": root, "rows": rows}))
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
