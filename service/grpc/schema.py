@@ -23,7 +23,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-__all__ = ["PACKAGE", "SERVICE", "POOL", "message_class", "METHODS"]
+__all__ = ["PACKAGE", "SERVICE", "POOL", "message_class", "METHODS", "STREAM_METHODS"]
 
 PACKAGE = "inference"
 SERVICE = f"{PACKAGE}.GRPCInferenceService"
@@ -98,6 +98,8 @@ _SERVICE_MESSAGES = (
        nested=(_m("InferOutputTensor", "string name = 1", "string datatype = 2",
                   "repeated int64 shape = 3", f"{_PARAMS} = 4",
                   "InferTensorContents contents = 5"),)),
+    _m("ModelStreamInferResponse", "string error_message = 1",
+       "ModelInferResponse infer_response = 2"),
     _m("ModelConfigRequest", "string name = 1", "string version = 2"),
     _m("ModelConfigResponse", "ModelConfig config = 1"),
     _m("ModelStatisticsRequest", "string name = 1", "string version = 2"),
@@ -170,7 +172,7 @@ _CONFIG_MESSAGES = (
        "string default_model_filename = 8", "map<string, ModelParameter> parameters = 14"),
 )  # fmt: skip
 
-# (method, request message, response message); all unary-unary
+# (method, request message, response message): unary-unary; STREAM_METHODS: both ways
 METHODS: tuple[tuple[str, str, str], ...] = tuple(
     (m, f"{m}Request", f"{m}Response")
     for m in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
@@ -179,6 +181,7 @@ METHODS: tuple[tuple[str, str, str], ...] = tuple(
     ("RepositoryModelLoad", "RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
     ("RepositoryModelUnload", "RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
 )  # fmt: skip
+STREAM_METHODS = (("ModelStreamInfer", "ModelInferRequest", "ModelStreamInferResponse"),)
 
 
 # ---------------------------------------------------------------- building
@@ -242,8 +245,10 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     for m in (*_CONFIG_MESSAGES, *_SERVICE_MESSAGES):
         fd.message_type.append(_message(m))
     svc = fd.service.add(name=SERVICE.rsplit(".", 1)[1])
-    for name, req, resp in METHODS:
-        svc.method.add(name=name, input_type=f".{PACKAGE}.{req}", output_type=f".{PACKAGE}.{resp}")
+    for name, req, resp in (*METHODS, *STREAM_METHODS):
+        streams = (name, req, resp) in STREAM_METHODS
+        svc.method.add(name=name, input_type=f".{PACKAGE}.{req}", output_type=f".{PACKAGE}.{resp}",
+                       client_streaming=streams, server_streaming=streams)  # fmt: skip
     return fd
 
 

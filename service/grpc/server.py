@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from service.connections import stop_budget
-from service.grpc.schema import METHODS, SERVICE, message_class
+from service.grpc.schema import METHODS, SERVICE, STREAM_METHODS, message_class
 from service.grpc.servicer import Servicer
 from service.plane import DataPlane
 from service.settings import Settings
@@ -33,6 +33,11 @@ def handler(servicer: Servicer) -> grpc.GenericRpcHandler:
     methods = {}
     for name, _, resp in METHODS:
         methods[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            response_serializer=message_class(resp).SerializeToString,
+        )
+    for name, _, resp in STREAM_METHODS:
+        methods[name] = grpc.stream_stream_rpc_method_handler(
             getattr(servicer, name),
             response_serializer=message_class(resp).SerializeToString,
         )

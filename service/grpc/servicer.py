@@ -14,7 +14,7 @@ import asyncio
 import functools
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -51,6 +51,7 @@ _Msg = {n: message_class(n) for n in (
     "ServerLiveResponse", "ServerReadyResponse", "ModelReadyResponse",
     "ServerMetadataResponse", "ModelConfigResponse", "ModelStatisticsResponse",
     "RepositoryIndexResponse", "RepositoryModelLoadResponse", "RepositoryModelUnloadResponse",
+    "ModelStreamInferResponse",
 )}  # fmt: skip
 
 
@@ -70,44 +71,47 @@ def _check_key(key: str | None, context: grpc.aio.ServicerContext) -> None:
         raise Unauthorized("invalid API key")
 
 
+def status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message of ``exc``: :func:`~service.errors.grpc_status_for` and the
+    message HTTP would send, or INTERNAL with a generic message for an unexpected error
+    (whose traceback goes to the server log only)."""
+    code = grpc_status_for(exc)
+    if code == "INTERNAL" and not isinstance(exc, (ServiceError, mcdrop.McdropError)):
+        log.error("gRPC %s: %s: %s", method, type(exc).__name__, exc, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE
+    return grpc.StatusCode[code], message_for(exc)
+
+
+def _parse(method: str, raw: bytes) -> Any:
+    """The ``<method>Request`` in ``raw``; one that does not parse is bad input."""
+    try:
+        return message_class(f"{method}Request").FromString(raw)
+    except DecodeError:
+        raise BadRequest(f"the {method}Request message does not parse") from None
+
+
 def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
     """Wrap a servicer method: the API key (when ``protected``), the request message
     parsed, then errors to statuses.
 
     The wrapped method is called with the raw request bytes (the server registers no
     deserializer): a message that does not parse is bad input, INVALID_ARGUMENT, where
-    grpcio's own deserialization failure would be INTERNAL. A
-    :class:`~service.errors.ServiceError` or mcdrop error aborts the call with the status
-    of :func:`~service.errors.grpc_status_for` and the message HTTP would send; anything
-    else is INTERNAL with a generic message (the traceback goes to the server log only).
+    grpcio's own deserialization failure would be INTERNAL.
+    Any error aborts the call with :func:`status_of`.
     """
 
     def wrap(method: Handler) -> Handler:
-        parse = message_class(f"{method.__name__}Request").FromString
-
         @functools.wraps(method)
         async def call(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if protected:
                     _check_key(self.settings.api_key, context)
-                try:
-                    request = parse(raw)
-                except DecodeError:
-                    raise BadRequest(
-                        f"the {method.__name__}Request message does not parse"
-                    ) from None
+                request = _parse(method.__name__, raw)
                 return await method(self, request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                code = grpc_status_for(exc)
-                if code == "INTERNAL" and not isinstance(exc, (ServiceError, mcdrop.McdropError)):
-                    log.error("gRPC %s: %s: %s", method.__name__, type(exc).__name__, exc,
-                              exc_info=exc)  # fmt: skip
-                    message = INTERNAL_ERROR_MESSAGE
-                else:
-                    message = message_for(exc)
-                await context.abort(grpc.StatusCode[code], message)
+                await context.abort(*status_of(exc, method.__name__))
 
         return call
 
@@ -166,6 +170,53 @@ class Servicer:
 
     @rpc(protected=True)
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._infer(request, context)
+
+    async def ModelStreamInfer(  # noqa: N802
+        self, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[Any]:
+        """Every request of the stream is answered by one message of the stream, in the
+        order the answers come (each carries its request's ``id``); an error answers its
+        request with ``error_message`` and the stream goes on, as Triton's does."""
+        try:
+            _check_key(self.settings.api_key, context)
+        except Unauthorized as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        end = object()  # put after the last request was read
+        tasks: set[asyncio.Future[None]] = set()
+
+        async def answer(raw: bytes) -> None:
+            stream = _Msg["ModelStreamInferResponse"]
+            try:
+                resp = stream(infer_response=await self._infer(_parse("ModelInfer", raw), context))
+            except Exception as exc:
+                resp = stream(error_message=status_of(exc, "ModelStreamInfer")[1])
+            await answers.put(resp)
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    tasks.add(asyncio.ensure_future(answer(raw)))
+            finally:  # a broken request stream ends ours too, once the answers are out
+                await answers.put(end)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            reading, sent = True, 0
+            while reading or sent < len(tasks):
+                item = await answers.get()
+                if item is end:
+                    reading = False
+                    continue
+                sent += 1
+                yield item
+        finally:  # the client went away: withdraw what is still queued
+            reader.cancel()
+            for t in tasks:
+                t.cancel()
+
+    async def _infer(self, request: Any, context: Any) -> Any:
         self.plane.refuse_if_busy(request.model_name)
         model = self.plane.get(request.model_name, _version(request.model_version))
         req = codec.decode_infer(model, request)

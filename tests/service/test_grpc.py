@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import queue
 import shutil
 import time
 from collections.abc import Iterator
@@ -215,6 +216,29 @@ def test_int64_ids_raw_and_typed(server: Server) -> None:
     assert resp.outputs[0].datatype == "FP64"  # int64 models answer in float64
     got = np.frombuffer(resp.raw_output_contents[0], "<f8").reshape(2, 1)
     np.testing.assert_array_equal(got, raw.as_numpy(resp.outputs[0].name))
+
+
+def test_stream_infer(server: Server) -> None:
+    """tritonclient's stream: every request answered on the stream, an error answering its
+    own request only; the answers are the unary ones for the same seed."""
+    got: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    c = tg.InferenceServerClient(server.address)
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        for rid, model in (("a", "reg"), ("b", "nope"), ("c", "clf")):
+            c.async_stream_infer(model, [_input(X)], request_id=rid,
+                                 parameters={"mc_samples": 24, "seed": 11})  # fmt: skip
+        answers = [got.get(timeout=30) for _ in range(3)]
+    finally:
+        c.stop_stream()
+        c.close()
+    ok = {r.get_response().id: r for r, e in answers if e is None}
+    errors = [e for r, e in answers if e is not None]
+    assert sorted(ok) == ["a", "c"] and len(errors) == 1
+    assert "no model named" in errors[0].message()
+    for rid, model in (("a", "reg"), ("c", "clf")):
+        want = _http_outputs(server, model, X, {"mc_samples": 24, "seed": 11})
+        np.testing.assert_allclose(ok[rid].as_numpy("mean"), want["mean"], rtol=1e-6, atol=1e-6)
 
 
 def test_aio_client(server: Server) -> None:

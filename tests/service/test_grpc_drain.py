@@ -4,6 +4,8 @@ comes last in this module: it ends the module's server."""
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import signal
 import time
 from collections.abc import Iterator
@@ -65,6 +67,15 @@ def test_api_key_is_enforced(server: tuple[ServerProcess, str]) -> None:
         ):
             assert _status(call) == grpc.StatusCode.UNAUTHENTICATED
     assert c.infer("reg", [_input()], headers=AUTH).as_numpy("mean").shape == (1, 1)
+    errors: queue.Queue[Any] = queue.Queue()
+    c.start_stream(callback=lambda result, error: errors.put(error))  # no key
+    # The server refuses the stream as it opens: the callback may hear of it before the
+    # first request is sent, and tritonclient then refuses to send it.
+    with contextlib.suppress(tg.InferenceServerException):
+        c.async_stream_infer("reg", [_input()])
+    error = errors.get(timeout=10)
+    c.stop_stream()
+    assert error is not None and str(error.status()) == str(grpc.StatusCode.UNAUTHENTICATED)
     c.close()
 
 

@@ -66,8 +66,10 @@ def test_data_type_enum_and_methods_match_triton() -> None:
     assert [(v.name, v.number) for v in ours.values] == [(v.name, v.number) for v in theirs.values]
     svc = THEIRS.FindServiceByName(schema.SERVICE)
     mine = schema.POOL.FindServiceByName(schema.SERVICE)
-    assert len(mine.methods) == len(schema.METHODS) == 11
+    assert len(mine.methods) == len(schema.METHODS) + len(schema.STREAM_METHODS) == 12
     for m in mine.methods:
         other = svc.methods_by_name[m.name]
         assert (m.input_type.full_name, m.output_type.full_name) == (
             other.input_type.full_name, other.output_type.full_name)  # fmt: skip
+        assert (m.client_streaming, m.server_streaming) == (
+            other.client_streaming, other.server_streaming)  # fmt: skip
