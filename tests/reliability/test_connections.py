@@ -11,6 +11,7 @@ the attacker; every loop is bounded in count and time.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -39,6 +40,7 @@ MAX_CONN = 12
 MAX_HEAD = 8 * 1024
 SLACK_S = 1.5  # scheduling on a loaded 2-core machine
 PARSERS = ["httptools", "h11"] if HttpToolsGuarded is not None else ["h11"]
+OPEN: list[uvicorn.Server] = []
 ROW = {"inputs": [[0.1, 0.2, 0.3, 0.4]], "samples": 8, "seed": 1}
 
 
@@ -53,7 +55,8 @@ def reg_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", params=PARSERS)
 def server(request: pytest.FixtureRequest, reg_repo: Path) -> Iterator[tuple[str, int]]:
-    """(base URL, port) of a server with short limits, parser ``request.param``."""
+    """(base URL, port) of a server with short limits, parser ``request.param``; the
+    uvicorn server is in ``OPEN[0]`` (the tests read its count of open connections)."""
     conn = ConnectionSettings(
         idle_timeout_s=IDLE_S, header_timeout_s=HEAD_S, body_timeout_s=BODY_S,
         min_body_rate=MIN_RATE, max_connections=MAX_CONN, max_header_bytes=MAX_HEAD,
@@ -77,9 +80,11 @@ def server(request: pytest.FixtureRequest, reg_repo: Path) -> Iterator[tuple[str
     while not _ready(url):
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
+    OPEN[:] = [srv]
     try:
         yield url, port
     finally:
+        OPEN.clear()
         srv.should_exit = True
         thread.join(timeout=15)
         sock.close()
@@ -91,6 +96,14 @@ def _ready(url: str) -> bool:
         return httpx.get(url + "/health/ready", timeout=1.0).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _wait_open(count: int) -> None:
+    """Until the server holds ``count`` connections (it accepts them asynchronously)."""
+    deadline = time.monotonic() + 5
+    while len(OPEN[0].server_state.connections) < count:
+        assert time.monotonic() < deadline, len(OPEN[0].server_state.connections)
+        time.sleep(0.01)
 
 
 def _connect(port: int, timeout: float) -> socket.socket:
@@ -176,18 +189,21 @@ def test_slow_body_gets_408(server: tuple[str, int]) -> None:
 
 def test_slow_heads_at_the_cap_make_room_for_clients(server: tuple[str, int]) -> None:
     """MAX_CONN sockets sending their heads slowly hold every slot: a new client is served
-    all the same, and the oldest slow socket gets the 503."""
+    all the same, and one slow socket (the oldest) gets the 503."""
     url, port = server
     held = [_connect(port, 2) for _ in range(MAX_CONN)]
     try:
         for s in held:
             s.sendall(b"GET /health/live HTTP/1.1\r\n")
-            time.sleep(0.005)  # held[0] is the oldest
-        time.sleep(0.1)
+        _wait_open(MAX_CONN)
+        time.sleep(0.05)  # the heads are in
         start = time.monotonic()
         assert httpx.get(url + "/health/live", timeout=5).status_code == 200
         assert time.monotonic() - start < 0.5
-        status, body = _answer(held[0].recv(65536))
+        # Well within the header timeout, only the evicted socket has anything to read.
+        readable, _, _ = select.select(held, [], [], 0.3)
+        assert len(readable) == 1, len(readable)
+        status, body = _answer(readable[0].recv(65536))
         assert status == 503 and "MAX_CONNECTIONS" in body["error"]
     finally:
         for s in held:
@@ -203,7 +219,8 @@ def test_over_the_cap_with_requests_under_way_a_fast_503(server: tuple[str, int]
     try:
         for s in held:
             s.sendall(head)
-        time.sleep(0.1)
+        _wait_open(MAX_CONN)
+        time.sleep(0.05)  # the heads are in: each has a request under way
         start = time.monotonic()
         r = httpx.get(url + "/health/live", timeout=5)
         took = time.monotonic() - start
