@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,18 @@ def test_plain_settings_serve_no_grpc() -> None:
             return p
 
     assert Settings().grpc_port is None and asyncio.run(port()) is None
+
+
+def test_a_port_held_by_another_program_fails_loudly() -> None:
+    """A port bound without SO_REUSEPORT (another program) stops the start-up, naming it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        async def start() -> None:
+            async with serving(Settings(grpc_port=port), plane=None):  # type: ignore[arg-type]
+                pass
+
+        with pytest.raises(RuntimeError, match=f"gRPC cannot listen on 127.0.0.1:{port}"):
+            asyncio.run(start())
