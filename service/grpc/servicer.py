@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 import mcdrop
-from service import model_info
+from service import model_info, tracing
 from service.errors import (
     INTERNAL_ERROR_MESSAGE,
     BadRequest,
@@ -90,6 +90,10 @@ def _parse(method: str, raw: bytes) -> Any:
         raise BadRequest(f"the {method}Request message does not parse") from None
 
 
+def _echo(ctx: tracing.RequestContext) -> tuple[tuple[str, str], ...]:
+    return (("x-request-id", ctx.request_id), ("traceparent", ctx.traceparent))
+
+
 def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
     """Wrap a servicer method: the API key (when ``protected``), the request message
     parsed, then errors to statuses.
@@ -103,15 +107,25 @@ def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
     def wrap(method: Handler) -> Handler:
         @functools.wraps(method)
         async def call(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            # The request id and trace context, as HTTP's: in every log line of the call,
+            # and echoed in the trailing metadata (x-request-id, traceparent).
+            meta = dict(context.invocation_metadata() or ())
+            ctx, token = tracing.start(meta.get("x-request-id"), meta.get("traceparent"))
             try:
                 if protected:
                     _check_key(self.settings.api_key, context)
                 request = _parse(method.__name__, raw)
+                if method.__name__ == "ModelInfer":
+                    tracing.adopt_body_id(request.id or None)
                 return await method(self, request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await context.abort(*status_of(exc, method.__name__))
+                code, message = status_of(exc, method.__name__)
+                await context.abort(code, message, trailing_metadata=_echo(ctx))
+            finally:
+                context.set_trailing_metadata(_echo(ctx))
+                tracing.finish(token)
 
         return call
 

@@ -218,6 +218,31 @@ def test_int64_ids_raw_and_typed(server: Server) -> None:
     np.testing.assert_array_equal(got, raw.as_numpy(resp.outputs[0].name))
 
 
+def test_request_id_and_trace_context_echoed(server: Server) -> None:
+    """As on HTTP: the request id (x-request-id metadata, else the request's id, else a new
+    one) and the caller's trace come back in the trailing metadata, errors included."""
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    req = service_pb2.ModelInferRequest(model_name="reg", id="body-id-7")
+    t = req.inputs.add(name="input", datatype="FP32", shape=list(X.shape))
+    t.contents.fp32_contents.extend(X.ravel().tolist())
+    with grpc.insecure_channel(server.address) as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        _, call = stub.ModelInfer.with_call(
+            req, metadata=(("traceparent", f"00-{trace}-b7ad6b7169203331-01"),), timeout=10
+        )
+        echoed = dict(call.trailing_metadata())
+        assert echoed["x-request-id"] == "body-id-7"
+        assert (
+            echoed["traceparent"].startswith(f"00-{trace}-") and echoed["traceparent"][-2:] == "01"
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(service_pb2.ModelInferRequest(model_name="nope"),
+                            metadata=(("x-request-id", "mine-1"),), timeout=10)  # fmt: skip
+        assert dict(info.value.trailing_metadata())["x-request-id"] == "mine-1"  # type: ignore[attr-defined]
+        _, call = stub.ServerLive.with_call(service_pb2.ServerLiveRequest(), timeout=10)
+        assert len(dict(call.trailing_metadata())["x-request-id"]) == 32  # made here
+
+
 def test_stream_infer(server: Server) -> None:
     """tritonclient's stream: every request answered on the stream, an error answering its
     own request only; the answers are the unary ones for the same seed."""

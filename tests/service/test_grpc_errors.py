@@ -33,7 +33,8 @@ class Aborted(Exception):
 
 
 class Context:
-    """What the servicer reads of a call: metadata and the deadline; abort raises."""
+    """What the servicer uses of a call: metadata, the deadline, trailing metadata; abort
+    raises."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.metadata = metadata
@@ -44,7 +45,10 @@ class Context:
     def time_remaining(self) -> float | None:
         return None
 
-    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = metadata
+
+    async def abort(self, code: grpc.StatusCode, message: str, trailing_metadata: Any = ()) -> None:
         raise Aborted(code, message)
 
 
