@@ -2,10 +2,17 @@
 
 Each example runs in a scratch folder holding a link to the repository's ``models/``, with
 ``localhost:8000`` (and the docs' ``127.0.0.1:8765``) pointing at a server the test starts
-on a free loopback port. What an example shows is checked: the output block shown under it
-(JSON keys, numbers at the precision shown), the HTTP status of every curl call (2xx, or 4xx
-where the shown answer is an error), and ``# (B, C)`` shape comments on Python lines.
+on a free loopback port, and ``localhost:8001`` at the same server's gRPC port (also a free
+one). What an example shows is checked: the output block shown under it (JSON keys, numbers
+at the precision shown), the HTTP status of every curl call (2xx, or 4xx where the shown
+answer is an error), and ``# (B, C)`` shape comments on Python lines.
 Blocks marked ``<!-- doc-test: skip REASON -->`` are reported as skipped with the reason.
+
+Python examples run in this process, except those that import ``kserve``: KServe's SDK
+lives in a venv of its own (``tests/helpers/kserve_env.py``: it pins protobuf<7, and it
+registers the protobuf names ``inference.*`` that ``tritonclient.grpc``, imported by other
+examples here, registers too), so they run with that venv's interpreter in a subprocess,
+with the same shape and output checks. They are marked slow: the SDK takes seconds to import.
 """
 
 from __future__ import annotations
@@ -19,21 +26,23 @@ import sys
 import tokenize
 from collections.abc import Iterator
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from doctools import Example, examples, output_problems, session, shows_error
+from helpers.kserve_env import kserve_python
+from helpers.live_server import MODELS_DIR, free_port, live_server
 
-try:
-    from helpers.live_server import live_server
-except ImportError:  # before the harness moved to tests/helpers
-    from _live_server import live_server  # type: ignore[no-redef]
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ALL = [ex for path in DOCS for ex in examples(path)]
 DOC_URL = re.compile(r"\b(?:localhost|127\.0\.0\.1):(?:8000|8765)\b")
+DOC_GRPC = re.compile(r"\b(?:localhost|127\.0\.0\.1):8001\b")
+KSERVE = re.compile(r"^\s*(?:from|import)\s+kserve\b", re.M)
 STATUS = re.compile(r"^@@http_status=(\d{3})@@$", re.M)
 # curl as the docs call it, plus the status code on a line of its own for the checks
 PRELUDE = 'curl() { command curl -w "\\n@@http_status=%{http_code}@@\\n" "$@"; }\n'
@@ -42,10 +51,25 @@ SHAPE = re.compile(r"#\s*\((\d+(?:\s*,\s*\d+)*\s*,?)\)")
 pytestmark = pytest.mark.e2e
 
 
+@dataclass(frozen=True)
+class Served:
+    """The docs' server: its HTTP base URL and its gRPC address."""
+
+    url: str
+    grpc: str
+
+    def localize(self, text: str) -> str:
+        """``text`` with the docs' addresses replaced by this server's."""
+        text = DOC_GRPC.sub(self.grpc, text)
+        return DOC_URL.sub(self.url.removeprefix("http://"), text)
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with live_server() as url:
-        yield url
+def server() -> Iterator[Served]:
+    port = free_port()
+    settings = Settings(models_dir=MODELS_DIR, grpc_port=port, log_level="warning")
+    with live_server(settings=settings) as url:
+        yield Served(url, f"127.0.0.1:{port}")
 
 
 @pytest.fixture
@@ -62,10 +86,10 @@ def _env(url: str) -> dict[str, str]:
     return env
 
 
-def _shell(script: str, url: str, cwd: Path) -> str:
+def _shell(script: str, srv: Served, cwd: Path) -> str:
     res = subprocess.run(
-        ["bash", "-c", PRELUDE + DOC_URL.sub(url.removeprefix("http://"), script)],
-        cwd=cwd, env=_env(url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ["bash", "-c", PRELUDE + srv.localize(script)],
+        cwd=cwd, env=_env(srv.url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=180,
     )  # fmt: skip
     return res.stdout + f"\n@@exit={res.returncode}@@\n"
@@ -84,10 +108,10 @@ def _check_statuses(codes: list[int], error_shown: bool, where: str) -> None:
             assert 200 <= code < 300, f"{where}: got HTTP {code}"
 
 
-def run_session(ex: Example, url: str, cwd: Path) -> None:
+def run_session(ex: Example, srv: Served, cwd: Path) -> None:
     pairs = session(ex.code.text)
     script = "".join(f"printf '\\n@@cmd {n}@@\\n'\n{cmd}\n" for n, (cmd, _) in enumerate(pairs))
-    out = re.sub(r"\n@@exit=\d+@@\n$", "", _shell(script, url, cwd))
+    out = re.sub(r"\n@@exit=\d+@@\n$", "", _shell(script, srv, cwd))
     chunks = re.split(r"\n?@@cmd \d+@@\n", out)[1:]
     assert len(chunks) == len(pairs), f"{ex.id}: the session stopped early:\n{out}"
     for (cmd, shown), chunk in zip(pairs, chunks):
@@ -99,8 +123,8 @@ def run_session(ex: Example, url: str, cwd: Path) -> None:
         assert not problems, f"{ex.id} `{cmd}`:\n" + "\n".join(problems)
 
 
-def run_shell(ex: Example, url: str, cwd: Path) -> None:
-    out = _shell("set -e\n" + ex.code.text, url, cwd)
+def run_shell(ex: Example, srv: Served, cwd: Path) -> None:
+    out = _shell("set -e\n" + ex.code.text, srv, cwd)
     rc = int(re.search(r"@@exit=(\d+)@@", out).group(1))  # type: ignore[union-attr]
     codes, text = _statuses(re.sub(r"\n@@exit=\d+@@\n$", "", out))
     assert rc == 0, f"{ex.id}: exit status {rc}:\n{text}"
@@ -142,19 +166,49 @@ def with_shape_checks(src: str) -> ast.Module:
     return ast.fix_missing_locations(tree)
 
 
-def run_python(ex: Example, url: str) -> None:
-    src = DOC_URL.sub(url.removeprefix("http://"), ex.code.text)
-    code = compile(with_shape_checks(src), ex.id, "exec")
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        exec(code, {"__name__": "__doc_example__", "_doc_shape": _doc_shape})
+def run_python(ex: Example, srv: Served) -> None:
+    src = srv.localize(ex.code.text)
+    tree = with_shape_checks(src)
+    if KSERVE.search(src):
+        printed = _run_in_kserve_venv(tree, ex.id)
+    else:
+        code = compile(tree, ex.id, "exec")
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            exec(code, {"__name__": "__doc_example__", "_doc_shape": _doc_shape})
+        printed = buf.getvalue()
     if ex.output:
-        problems = output_problems(ex.output.text, buf.getvalue())
+        problems = output_problems(ex.output.text, printed)
         assert not problems, f"{ex.id}:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("ex", ALL, ids=[ex.id for ex in ALL])
-def test_doc_example(ex: Example, server: str, workdir: Path) -> None:
+# _doc_shape for the KServe venv's interpreter, which cannot import this module
+_SHAPE_SOURCE = """
+def _doc_shape(value, shape, line):
+    got = tuple(getattr(value, "shape", ()))
+    assert got == shape, f"line {line} says shape {shape}, the value has {got}"
+"""
+
+
+def _run_in_kserve_venv(tree: ast.Module, where: str) -> str:
+    """Run an example (with its shape checks) with KServe's interpreter; what it printed."""
+    script = _SHAPE_SOURCE + "\n" + ast.unparse(tree) + "\n"
+    proc = subprocess.run([str(kserve_python()), "-c", script], capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, (
+        f"{where} (KServe venv): exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def _param(ex: Example) -> Any:
+    """An example as a test case; the KServe ones are slow (the SDK's import)."""
+    slow = ex.code.kind == "python" and ex.code.marker != "skip" and KSERVE.search(ex.code.text)
+    return pytest.param(ex, id=ex.id, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("ex", [_param(ex) for ex in ALL])
+def test_doc_example(ex: Example, server: Served, workdir: Path) -> None:
     if ex.code.marker == "skip":
         pytest.skip(f"{ex.id}: {ex.code.reason}")
     kind = ex.code.kind
