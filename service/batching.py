@@ -344,6 +344,7 @@ class Batcher(Generic[R]):
             batch = self._take(wait=not active)
             if batch is None:
                 return  # stopped, queue drained, nothing running
+            run: _Running | None = None
             try:
                 if batch:
                     self._begin(batch, active)
@@ -355,8 +356,9 @@ class Batcher(Generic[R]):
                         active.append(run)
             except Exception as exc:  # pragma: no cover - the steps catch model errors
                 log.exception("batcher %s: unexpected failure", self.name)
-                for run in active:
-                    for it in run.items:
+                failed = list(active) + ([run] if run is not None and run not in active else [])
+                for r in failed:
+                    for it in r.items:
                         self._resolve(it, None, exc)
                 active.clear()
 
