@@ -11,9 +11,14 @@ catch float32 comparisons that only hold for one chunking or thread split:
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+
+DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models"
 
 _THREADS = os.environ.get("MCDROP_TEST_THREADS")
 if _THREADS:
@@ -38,3 +43,21 @@ def _seed_torch() -> None:
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(42)
+
+
+@pytest.fixture(scope="session")
+def default_models_subset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make(*names)``: a fresh model repository holding copies of those default models.
+
+    For servers whose tests use only some of ``models/``: loading and warming up one small
+    model takes a fraction of what all of them (the text model's tokenizer included) take.
+    """
+
+    def make(*names: str) -> Path:
+        repo = tmp_path_factory.mktemp("models")
+        for name in names:
+            skip = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(DEFAULT_MODELS / name, repo / name, ignore=skip)
+        return repo
+
+    return make

@@ -17,10 +17,11 @@ pytest.importorskip("service.app")
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(default_models_subset):
     from helpers.live_server import live_server
 
-    with live_server() as u:
+    # the two default models these tests ask for
+    with live_server(models_dir=default_models_subset("digits", "toy1d")) as u:
         yield u
 
 

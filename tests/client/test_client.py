@@ -657,11 +657,12 @@ def server_url():
 
 
 @pytest.fixture(scope="module")
-def secured_url():
+def secured_url(default_models_subset):
     service_app("service.app")
     from helpers.live_server import live_server
 
-    with live_server(api_key="letmein") as url:
+    # the authentication test asks toy1d only
+    with live_server(api_key="letmein", models_dir=default_models_subset("toy1d")) as url:
         yield url
 
 
@@ -743,15 +744,15 @@ def test_service_authentication(secured_url):
         assert c.predict("toy1d", [[0.0]], seed=1).mean.shape == (1, 1)
 
 
-def test_async_client_through_asgi_transport():
+def test_async_client_through_asgi_transport(default_models_subset):
     service_app("service.app")
-    from helpers.live_server import MODELS_DIR
-
     from service.app import create_app
     from service.settings import Settings
 
-    # loaded before the lifespan's startup returns, so ready() is true at once
-    app = create_app(Settings(models_dir=MODELS_DIR), background_load=False)
+    # digits is the model asked for; loaded before the lifespan's startup returns, so
+    # ready() is true at once
+    settings = Settings(models_dir=default_models_subset("digits"))
+    app = create_app(settings, background_load=False)
 
     async def main() -> None:
         async with app.router.lifespan_context(app):
