@@ -10,7 +10,9 @@ repository on first use and installs mcdrop into it (editable; torch pinned by
   becomes ``mcdrop serve`` (the default models of ``models/`` on 127.0.0.1:8000; extra
   arguments go to ``mcdrop serve``);
 - ``test``: installs the ``dev`` extra as well and becomes ``pytest`` (extra arguments go
-  to pytest);
+  to pytest), spread over worker processes by pytest-xdist, one test file per worker at a
+  time (module-scoped servers and Ray instances are set up once); first it creates the
+  KServe SDK's own venv (``.venv-kserve``, see ``tests/helpers/kserve_env.py``) if missing;
 - ``setup``: installs the ``dev`` extra and exits.
 
 Both run commands replace this process (``exec``): the PID you started is the server's or
@@ -23,6 +25,9 @@ Environment:
   ``--extra-index-url``), e.g. ``https://download.pytorch.org/whl/cpu`` for the CPU build or
   ``https://download.pytorch.org/whl/cu128`` for CUDA 12.8. Unset: pip's own configuration
   (on PyPI, Linux x86-64 gets the CUDA build). Changing it recreates ``.venv``.
+- ``MCDROP_TEST_WORKERS``: how many pytest-xdist workers ``test`` starts (default: the CPU
+  count, at most 4; ``1`` runs in this process, serially). Ignored when the arguments
+  choose themselves (``-n``, ``--numprocesses``, ``-p no:xdist``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ VENV = ROOT / ".venv"
 LOCK = ROOT / ".venv.lock"  # beside .venv, so recreating .venv never removes a held lock
 PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 TORCH_INDEX_ENV = "MCDROP_TORCH_INDEX"
+WORKERS_ENV = "MCDROP_TEST_WORKERS"
 # What each command installs: serving needs the `hf` extra for the default text model
 # (models/langid); `dev` holds everything `serve` needs.
 EXTRAS = {"serve": "[hf]", "test": "[dev]", "setup": "[dev]"}
@@ -164,6 +170,33 @@ def ensure_env(command: str) -> bool:
         return ready() or install(extra)
 
 
+def prepare_kserve() -> None:
+    """Create the KServe SDK's own venv before the suite (``tests/helpers/kserve_env.py``
+    says why it has one), so no test spends its time on it; a failure is left to the tests
+    that need it to report."""
+    script = ROOT / "tests" / "helpers" / "kserve_env.py"
+    if script.is_file() and subprocess.run([str(PY), str(script)]).returncode != 0:
+        say("could not create the KServe venv (above); the KServe client tests will fail")
+
+
+def xdist_args(args: list[str]) -> list[str]:
+    """The pytest-xdist options that ``test`` adds to ``args`` ([] to run serially).
+
+    ``--dist loadfile`` hands out whole test files: a module's fixtures (a live server, a
+    Ray instance) are set up once, in one worker, and its tests keep their order.
+    """
+    chosen = {"-n", "--numprocesses", "no:xdist", "-pno:xdist"}
+    if any(a in chosen or a.startswith(("-n", "--numprocesses=")) for a in args):
+        return []
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    try:
+        n = int(raw) if raw else min(os.cpu_count() or 1, 4)
+    except ValueError:
+        say(f"{WORKERS_ENV}={raw!r} is not a number of workers; running serially")
+        n = 1
+    return ["-n", str(n), "--dist", "loadfile"] if n > 1 else []
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
         print(__doc__)
@@ -180,7 +213,8 @@ def main(argv: list[str]) -> int:
     if cmd == "serve":
         args = [str(PY), "-m", "mcdrop", "serve", *rest]
     else:
-        args = [str(PY), "-m", "pytest", *rest]
+        prepare_kserve()
+        args = [str(PY), "-m", "pytest", *xdist_args(rest), *rest]
     sys.stdout.flush()
     # exec, not a child process: the PID the user (or a process manager) holds is the
     # server's, so SIGTERM reaches uvicorn and nothing is left listening on the port.

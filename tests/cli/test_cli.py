@@ -68,8 +68,18 @@ def test_default_models_dir_is_the_checkout_models_folder() -> None:
     }
 
 
-def test_the_wheel_carries_the_default_models(tmp_path: Path) -> None:
-    wheel = _build_wheel(tmp_path)
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout built as a wheel, once for the tests of this module."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(ROOT)], check=True,
+                   timeout=300)  # fmt: skip
+    (built,) = out.glob("mcdrop-*.whl")
+    return built
+
+
+def test_the_wheel_carries_the_default_models(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     for model in ROOT.glob("models/*/model.toml"):
@@ -83,9 +93,8 @@ def test_the_wheel_carries_the_default_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pip_install_then_serve_from_another_folder(tmp_path: Path) -> None:
+def test_pip_install_then_serve_from_another_folder(wheel: Path, tmp_path: Path) -> None:
     """A user's `pip install` into a fresh venv: `mcdrop serve` serves the default models."""
-    wheel = _build_wheel(tmp_path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
@@ -119,15 +128,6 @@ def test_pip_install_then_serve_from_another_folder(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-
-
-def _build_wheel(tmp_path: Path) -> Path:
-    out = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(ROOT)], check=True,
-                   timeout=300)  # fmt: skip
-    (wheel,) = out.glob("mcdrop-*.whl")
-    return wheel
 
 
 def _free_port() -> int:
@@ -190,3 +190,22 @@ def test_dev_script_lock_makes_a_second_command_wait(
         held = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True)
     after = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True)
     assert (held.stdout.strip(), after.stdout.strip()) == ("busy", "got it")
+
+
+def test_dev_script_spreads_the_suite_over_workers(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    dev = _dev_script(monkeypatch, tmp_path)
+    monkeypatch.delenv("MCDROP_TEST_WORKERS", raising=False)
+    by_file = ["--dist", "loadfile"]
+    for cpus, want in ((1, []), (2, ["-n", "2", *by_file]), (16, ["-n", "4", *by_file])):
+        monkeypatch.setattr(dev.os, "cpu_count", lambda cpus=cpus: cpus)
+        assert dev.xdist_args(["-m", "not slow", "-q"]) == want, cpus
+    # arguments that choose for themselves are left alone
+    for args in (["-n", "0"], ["-n3"], ["--numprocesses=2"], ["-p", "no:xdist"]):
+        assert dev.xdist_args(args) == [], args
+    monkeypatch.setenv("MCDROP_TEST_WORKERS", "3")
+    assert dev.xdist_args([]) == ["-n", "3", *by_file]
+    monkeypatch.setenv("MCDROP_TEST_WORKERS", "1")
+    assert dev.xdist_args([]) == []
+    monkeypatch.setenv("MCDROP_TEST_WORKERS", "many")
+    assert dev.xdist_args([]) == []
