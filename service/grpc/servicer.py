@@ -201,11 +201,14 @@ class Servicer:
         tasks: set[asyncio.Future[None]] = set()
 
         async def answer(raw: bytes) -> None:
-            stream = _Msg["ModelStreamInferResponse"]
+            stream, request = _Msg["ModelStreamInferResponse"], None
             try:
-                resp = stream(infer_response=await self._infer(_parse("ModelInfer", raw), context))
+                request = _parse("ModelInfer", raw)
+                resp = stream(infer_response=await self._infer(request, context))
             except Exception as exc:
                 resp = stream(error_message=status_of(exc, "ModelStreamInfer")[1])
+                if request is not None and request.id:  # which request failed
+                    resp.infer_response.id = request.id
             await answers.put(resp)
 
         async def read() -> None:
