@@ -217,3 +217,37 @@ def test_a_large_parse_triggers_no_collection_while_it_runs(
     monkeypatch.setattr(body_module, "_GC_PAUSE_BYTES", len(raw))
     unpaused = _collections_during_parse(raw)
     assert len(unpaused) > 100, len(unpaused)
+
+
+def _counted(obj: object, depth: int = 1) -> tuple[int, int, int]:
+    """(keys, arrays and objects, deepest nesting) of a parsed JSON value: the reference."""
+    if not isinstance(obj, (list, dict)):
+        return 0, 0, 0
+    keys, containers, deepest = (len(obj) if isinstance(obj, dict) else 0), 1, depth
+    for child in obj.values() if isinstance(obj, dict) else obj:
+        k, c, d = _counted(child, depth + 1)
+        keys, containers, deepest = keys + k, containers + c, max(deepest, d)
+    return keys, containers, deepest
+
+
+def test_the_prescan_counts_outside_strings_exactly() -> None:
+    """The vectorised count of the pre-scan against a walk of the parsed value, on random
+    JSON whose strings are full of quotes, backslashes, brackets and colons."""
+    rng = np.random.default_rng(0)
+    pieces = ['"', "\\", "[", "]", "{", "}", ":", "a", " ", "\\\\", '\\"', "é", "\u2028"]
+
+    def text() -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.integers(0, 8)))
+
+    def value(depth: int) -> object:
+        r = rng.random()
+        if depth > 5 or r < 0.3:
+            return text() if rng.random() < 0.6 else float(rng.random())
+        if r < 0.65:
+            return [value(depth + 1) for _ in range(rng.integers(0, 4))]
+        return {text(): value(depth + 1) for _ in range(rng.integers(0, 4))}
+
+    for i in range(400):
+        obj = value(0)
+        raw = json.dumps(obj, ensure_ascii=bool(i % 2), indent=1 if i % 3 == 0 else None)
+        assert body_module._structure(raw.encode()) == _counted(obj), raw
