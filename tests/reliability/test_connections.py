@@ -299,5 +299,14 @@ def test_bad_connection_settings_name_the_variable() -> None:
     ]:
         with pytest.raises(ValueError, match=var):
             Settings.from_env(env)
-    conn = Settings.from_env({"MCDROP_CONN_MIN_BODY_RATE": "50"}).conn
-    assert conn.min_body_rate == 50 and conn.idle_timeout_s == 5.0
+    assert Settings.from_env({}).conn == ConnectionSettings()
+    env = {
+        "MCDROP_CONN_IDLE_TIMEOUT_S": "2", "MCDROP_CONN_HEADER_TIMEOUT_S": "3",
+        "MCDROP_CONN_BODY_TIMEOUT_S": "4", "MCDROP_CONN_MIN_BODY_RATE": "50",
+        "MCDROP_CONN_MAX_CONNECTIONS": "60", "MCDROP_CONN_MAX_HEADER_BYTES": "2048",
+        "MCDROP_CONN_HTTP_PARSER": "h11",
+    }  # fmt: skip
+    conn = Settings.from_env(env).conn
+    assert (conn.idle_timeout_s, conn.header_timeout_s, conn.body_timeout_s) == (2, 3, 4)
+    assert (conn.min_body_rate, conn.max_connections, conn.max_header_bytes) == (50, 60, 2048)
+    assert conn.http_parser == "h11"
