@@ -12,7 +12,8 @@ Python examples run in this process, except those that import ``kserve``: KServe
 lives in a venv of its own (``tests/helpers/kserve_env.py``: it pins protobuf<7, and it
 registers the protobuf names ``inference.*`` that ``tritonclient.grpc``, imported by other
 examples here, registers too), so they run with that venv's interpreter in a subprocess,
-with the same shape and output checks. They are marked slow: the SDK takes seconds to import.
+with the same shape and output checks. They are marked slow: the SDK takes seconds to import
+(one interpreter imports it while the server starts, and runs the first such example).
 """
 
 from __future__ import annotations
@@ -64,8 +65,84 @@ class Served:
         return DOC_URL.sub(self.url.removeprefix("http://"), text)
 
 
+class KServeRunner:
+    """Runs examples with the KServe venv's interpreter (in a subprocess, in the test's
+    scratch folder). One interpreter is started ahead with the SDK imported, waiting for
+    its example on stdin, so that the import (seconds) overlaps the server's start-up."""
+
+    def __init__(self) -> None:
+        self._warm: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        """Start the interpreter the next example will use."""
+        self._warm = self._spawn()
+
+    @staticmethod
+    def _spawn() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(kserve_python()), "-c", _KSERVE_MAIN], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def run(self, script: str, where: str) -> str:
+        """Run ``script`` in the current folder; what it printed (it must exit 0)."""
+        proc, self._warm = self._warm or self._spawn(), None
+        try:
+            out, err = proc.communicate(f"{os.getcwd()}\n{script}", timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(f"{where} (KServe venv): still running after 180 s") from None
+        assert proc.returncode == 0, f"{where} (KServe venv): exit {proc.returncode}\n{err[-3000:]}"
+        return out
+
+    def close(self) -> None:
+        if self._warm is not None:
+            self._warm.kill()
+            self._warm.communicate()
+            self._warm = None
+
+
+# The KServe interpreter's program: the SDK imported first, then the folder to run in and
+# the example's source from stdin. _doc_shape is the shape check (this module cannot be
+# imported there).
+_KSERVE_MAIN = """
+import os, sys
+import kserve
+
+def _doc_shape(value, shape, line):
+    got = tuple(getattr(value, "shape", ()))
+    assert got == shape, f"line {line} says shape {shape}, the value has {got}"
+
+os.chdir(sys.stdin.readline().rstrip("\\n"))
+src = sys.stdin.read()
+exec(compile(src, "doc-example", "exec"), {"__name__": "__doc_example__", "_doc_shape": _doc_shape})
+"""
+
+
+def _is_kserve(ex: Example) -> bool:
+    """A runnable Python example that imports KServe's SDK."""
+    return (
+        ex.code.kind == "python" and ex.code.marker != "skip" and bool(KSERVE.search(ex.code.text))
+    )
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[Served]:
+def kserve(request: pytest.FixtureRequest) -> Iterator[KServeRunner]:
+    runner = KServeRunner()
+    selected = [getattr(item, "callspec", None) for item in request.session.items]
+    if any(c is not None and isinstance(ex := c.params.get("ex"), Example) and _is_kserve(ex)
+           for c in selected):  # fmt: skip
+        runner.start()
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@pytest.fixture(scope="module")
+def server(kserve: KServeRunner) -> Iterator[Served]:
+    """The docs' server (after ``kserve``, whose interpreter starts meanwhile)."""
     port = free_port()
     settings = Settings(models_dir=MODELS_DIR, grpc_port=port, log_level="warning")
     with live_server(settings=settings) as url:
@@ -166,11 +243,11 @@ def with_shape_checks(src: str) -> ast.Module:
     return ast.fix_missing_locations(tree)
 
 
-def run_python(ex: Example, srv: Served) -> None:
+def run_python(ex: Example, srv: Served, kserve: KServeRunner) -> None:
     src = srv.localize(ex.code.text)
     tree = with_shape_checks(src)
-    if KSERVE.search(src):
-        printed = _run_in_kserve_venv(tree, ex.id)
+    if _is_kserve(ex):
+        printed = kserve.run(ast.unparse(tree) + "\n", ex.id)
     else:
         code = compile(tree, ex.id, "exec")
         buf = io.StringIO()
@@ -182,38 +259,18 @@ def run_python(ex: Example, srv: Served) -> None:
         assert not problems, f"{ex.id}:\n" + "\n".join(problems)
 
 
-# _doc_shape for the KServe venv's interpreter, which cannot import this module
-_SHAPE_SOURCE = """
-def _doc_shape(value, shape, line):
-    got = tuple(getattr(value, "shape", ()))
-    assert got == shape, f"line {line} says shape {shape}, the value has {got}"
-"""
-
-
-def _run_in_kserve_venv(tree: ast.Module, where: str) -> str:
-    """Run an example (with its shape checks) with KServe's interpreter; what it printed."""
-    script = _SHAPE_SOURCE + "\n" + ast.unparse(tree) + "\n"
-    proc = subprocess.run([str(kserve_python()), "-c", script], capture_output=True,
-                          text=True, timeout=180)  # fmt: skip
-    assert proc.returncode == 0, (
-        f"{where} (KServe venv): exit {proc.returncode}\n{proc.stderr[-3000:]}"
-    )
-    return proc.stdout
-
-
 def _param(ex: Example) -> Any:
     """An example as a test case; the KServe ones are slow (the SDK's import)."""
-    slow = ex.code.kind == "python" and ex.code.marker != "skip" and KSERVE.search(ex.code.text)
-    return pytest.param(ex, id=ex.id, marks=[pytest.mark.slow] if slow else [])
+    return pytest.param(ex, id=ex.id, marks=[pytest.mark.slow] if _is_kserve(ex) else [])
 
 
 @pytest.mark.parametrize("ex", [_param(ex) for ex in ALL])
-def test_doc_example(ex: Example, server: Served, workdir: Path) -> None:
+def test_doc_example(ex: Example, server: Served, kserve: KServeRunner, workdir: Path) -> None:
     if ex.code.marker == "skip":
         pytest.skip(f"{ex.id}: {ex.code.reason}")
     kind = ex.code.kind
     if kind == "python":
-        run_python(ex, server)
+        run_python(ex, server, kserve)
     elif kind == "session":
         run_session(ex, server, workdir)
     else:
