@@ -1,7 +1,7 @@
 # mcdrop service image: CPU torch by default, the default models of models/ baked in.
 #
 #   docker build -t mcdrop .
-#   docker run --rm -p 8000:8000 mcdrop
+#   docker run --rm -p 8000:8000 -p 8001:8001 mcdrop
 #
 # Build arguments and options (docs/docker.md has the details):
 #   TORCH_SPEC        pip requirement for torch                 (default torch==2.13.0)
@@ -81,7 +81,7 @@ ENV MCDROP_MODELS_DIR=/models
 
 USER mcdrop
 WORKDIR /tmp
-EXPOSE 8000
+EXPOSE 8000 8001
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4)"]
