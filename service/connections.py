@@ -283,13 +283,19 @@ class _Guard:
         self._g_bytes += len(data)
         if self._g_phase != _BODY:  # bytes of a request head (or of a pipelined one)
             self._g_head += len(data)
-            # Past the limit, only a chunk that may end the head (it may carry the body
-            # too) goes to the parser: what it buffers stays within the limit plus a read.
-            if self._g_head > _State.settings.max_header_bytes and b"\r\n\r\n" not in data:
-                self._g_refuse(HeadersTooLarge(self._g_too_large()))
+            if self._g_head > _State.settings.max_header_bytes and self._g_head_too_large(data):
                 return
         super().data_received(data)  # type: ignore[misc]
         self._g_classify()
+
+    def _g_head_too_large(self, data: bytes) -> bool:
+        """Past the limit (rare): refuse (431) unless this chunk ends a head within the
+        limit (it may carry a body too). The parser never holds more than the limit."""
+        end = data.find(b"\r\n\r\n")
+        if end >= 0 and self._g_head - len(data) + end + 4 <= _State.settings.max_header_bytes:
+            return False
+        self._g_refuse(HeadersTooLarge(self._g_too_large()))
+        return True
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]

@@ -271,6 +271,21 @@ def test_oversized_head_gets_431_without_stalling(server: tuple[str, int]) -> No
     assert latencies and max(latencies) < 0.5, latencies
 
 
+def test_head_over_the_limit_in_one_piece_gets_431(server: tuple[str, int]) -> None:
+    """The limit is exact: a head one header over it, sent at once, is refused; a head
+    just under it, followed by a body four times the limit, is served."""
+    url, _ = server
+    r = httpx.get(url + "/health/live", headers={"x-pad": "a" * MAX_HEAD}, timeout=5)
+    assert r.status_code == 431 and "MAX_HEADER_BYTES" in r.json()["error"]
+    r = httpx.post(
+        url + "/v1/models/reg/predict",
+        content=json.dumps(ROW).encode() + b" " * (4 * MAX_HEAD),  # JSON allows the spaces
+        headers={"x-pad": "a" * (MAX_HEAD - 400), "content-type": "application/json"},
+        timeout=5,
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_keep_alive_and_normal_bodies_are_served(server: tuple[str, int]) -> None:
     """Ordinary clients never meet the limits: requests on one keep-alive connection with
     pauses under the idle timeout, a body in pieces faster than the minimum rate."""
