@@ -24,7 +24,7 @@ from service.responses import FastJSONResponse
 __all__ = ["router", "EXTENSIONS"]
 
 # The protocol extensions the server metadata advertises (Triton's names).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)

@@ -54,7 +54,8 @@ def test_model_config_has_what_triton_tools_read(url: str) -> None:
     assert cfg["parameters"]["task"] == {"string_value": "classification"}
     assert cfg["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
     assert httpx.get(url + "/v2/models/clf/versions/1/config", timeout=10).json() == cfg
-    assert "model_configuration" in httpx.get(url + "/v2", timeout=10).json()["extensions"]
+    extensions = set(httpx.get(url + "/v2", timeout=10).json()["extensions"])
+    assert {"model_configuration", "statistics", "model_repository"} <= extensions
     client = httpclient.InferenceServerClient(url=url.removeprefix("http://"))
     try:
         assert client.get_model_config("clf") == cfg
