@@ -59,8 +59,10 @@ def _raw_http(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, byt
 
 def test_every_route_over_http(server: Server) -> None:
     with httpx.Client(base_url=server.url, timeout=10) as c:
-        for path in ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/v2"):
+        for path in ("/health/live", "/v2/health/live", "/v2"):
             assert c.get(path).status_code == 200, path
+        for path in ("/health/ready", "/v2/health/ready"):  # strict: the broken folder
+            assert c.get(path).status_code == 503, path
         assert "mcdrop_http_requests_total" in c.get("/metrics").text
         for path in ("/v1/models", "/v1/models/reg", "/v2/models/reg", "/v2/models/reg/ready"):
             assert c.get(path).status_code == 401, path
@@ -115,7 +117,8 @@ def test_tritonclient_json_mode(server: Server) -> None:
 
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     try:
-        assert client.is_server_live() and client.is_server_ready()
+        # strict readiness: the repository's broken folder keeps the server not ready
+        assert client.is_server_live() and not client.is_server_ready()
         assert client.is_model_ready("clf", headers=auth())
         assert not client.is_model_ready("broken", headers=auth())
         assert client.get_server_metadata()["name"] == "mcdrop"
