@@ -225,7 +225,8 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
 
     def start(repo: Path, env: dict[str, str] | None = None) -> ServerProcess:
         log = tmp_path / f"server{len(started)}.log"
-        s = start_server(repo, env, log_path=log, ready_timeout=40.0)
+        # the default models take 30-60 s to load on the shared 2-core machine (langid)
+        s = start_server(repo, env, log_path=log, ready_timeout=120.0)
         started.append(s)
         return s
 
