@@ -59,8 +59,9 @@ def post(url: str, model: str, rows: list[list[float]], timeout: float = 10, **k
 
 def test_broken_folders_do_not_stop_the_good_ones(server: Server) -> None:
     ready = httpx.get(server.url + "/health/ready", timeout=5)
-    assert ready.status_code == 200
+    assert ready.status_code == 503  # strict readiness: the broken folders are named
     assert set(ready.json()["models"]) == {"good", "crashy", "oom", "sleepy"}
+    assert set(ready.json()["failures"]) == {"badweights", "badmanifest", "badshape"}
     listing = httpx.get(server.url + "/v1/models", timeout=5).json()
     assert all(m["ready"] for m in listing["models"])
     failures = listing["failures"]
@@ -185,7 +186,8 @@ def test_client_disconnects_withdraw_queued_requests(server: Server) -> None:
     text = httpx.get(server.url + "/metrics", timeout=5).text
     assert 'method="POST",route="/v1/models/{name}/predict",status="499"' in text  # sorted
     assert post(server.url, "sleepy", [ROW], samples=2).status_code == 200
-    assert httpx.get(server.url + "/health/ready", timeout=5).status_code == 200
+    ready = httpx.get(server.url + "/health/ready", timeout=5).json()
+    assert "sleepy" in ready["models"] and ready["loading"] == []  # still serving
 
 
 # ------------------------------------------------------------------ SIGTERM
