@@ -29,7 +29,7 @@ MIB = 1 << 20
 V1 = "/v1/models/reg/predict"
 V2 = "/v2/models/reg/infer"
 ROW = {"inputs": [[0.1, 0.2, 0.3, 0.4]], "samples": 16}
-ATTACK_SECONDS = 4.0
+ATTACK_SECONDS = 3.0
 SENDERS = 3
 HEALTH_P99_S = 0.100
 
