@@ -314,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         help="time the strategies round-robin (one call each per round): ratios that hold "
         "on a loaded machine",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's); 1 on a machine shared with other work, where "
+        "a parallel region waits for its descheduled threads",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--big-samples", type=int, default=10_000, help="S for the memory-scaling row")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -327,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.child:
         peak_memory_child(ns)
         return 0
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
     device = torch.device(ns.device)
     info = {
         "date": time.strftime("%Y-%m-%d"),
