@@ -36,6 +36,7 @@ import asyncio
 import logging
 import resource
 import time
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
@@ -61,7 +62,6 @@ __all__ = [
     "ConnectionSettings",
     "PARSERS",
     "configure",
-    "limits",
     "stop_budget",
     "ShutdownAnswerMiddleware",
     "H11Guarded",
@@ -162,11 +162,6 @@ def configure(settings: ConnectionSettings) -> str:
     return f"{__name__}:{'H11Guarded' if use_h11 else 'HttpToolsGuarded'}"
 
 
-def limits() -> ConnectionSettings:
-    """The limits in force in this process."""
-    return _State.settings
-
-
 def stop_budget(drain_seconds: float) -> float:
     """How long the lifespan shutdown may wait for the engines: what is left of the drain
     (counted from the server's shutdown) plus :data:`ENGINE_GRACE_S`, so the process exits
@@ -185,10 +180,15 @@ def _raw_response(exc: ServiceError) -> bytes:
     straight to the transport (no request cycle exists yet, or it is abandoned)."""
     body = orjson.dumps({"error": exc.message})
     status = status_for(exc)
-    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}.get(status, b"")
+    extra = [
+        f"{name.lower()}: {value}\r\n".encode("latin-1")
+        for name, value in exc.headers.items()
+        if name.lower() != "connection"
+    ]
     return b"".join([
-        b"HTTP/1.1 %d %s\r\n" % (status, reason),
+        b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
         b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+        *extra,
         b"connection: close\r\n\r\n",
         body,
     ])  # fmt: skip
