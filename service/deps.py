@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from service.body import body_bounds, read_body, read_json
+from service.body import read_json
+from service.body_limits import body_bounds, read_body
 from service.errors import ClientDisconnected, Unauthorized
 from service.plane import DataPlane
 

@@ -23,7 +23,9 @@ from helpers.live_server import ServerProcess, start_server
 from svc_helpers import write_tiny_repo
 
 from service import body as body_module
-from service.body import body_bounds, parse_json
+from service import body_limits
+from service.body import parse_json
+from service.body_limits import body_bounds
 
 MIB = 1 << 20
 V1 = "/v1/models/reg/predict"
@@ -250,4 +252,4 @@ def test_the_prescan_counts_outside_strings_exactly() -> None:
     for i in range(400):
         obj = value(0)
         raw = json.dumps(obj, ensure_ascii=bool(i % 2), indent=1 if i % 3 == 0 else None)
-        assert body_module._structure(raw.encode()) == _counted(obj), raw
+        assert body_limits._structure(raw.encode()) == _counted(obj), raw
