@@ -89,7 +89,7 @@ def test_shown_cuts_and_escapes() -> None:
 def test_duplicate_outputs_are_a_422_naming_the_duplicate(client: httpx.Client) -> None:
     body = {"inputs": [TENSOR], "outputs": [{"name": "mean"}] * 100}
     _error(client.post(V2, json=body), 422, "output 'mean' is requested more than once")
-    # 10,000 of them are refused before parsing, by the body's key count (service.body).
+    # 10,000 of them are refused before parsing, by the body's key count (service.body_limits).
     body = {"inputs": [TENSOR], "outputs": [{"name": "mean"}] * 10_000}
     _error(client.post(V2, json=body), 422, "object keys")
     body = {"inputs": [TENSOR], "outputs": [{"name": "std"}, {"name": "mean"}, {"name": "std"}]}
