@@ -15,8 +15,10 @@ not depend on what it was batched with.
 
 Fair scheduling: a job runs one forward chunk per step, and the worker steps its running
 jobs in turn (round robin), taking the requests that arrived meanwhile as a new job
-without waiting for company. A one-row request that arrives while a maximal request runs
-waits for about one of its chunks, not for all of it. A job of small requests is one
+without waiting for company; a new job's first step comes next (unless the step just run
+was a new job's: then an older job's turn comes first, so new arrivals cannot starve a
+long job). A one-row request that arrives while a maximal request runs waits for the
+rest of the chunk in progress, not for all of the request. A job of small requests is one
 chunk, so under ordinary load nothing interleaves and batches form as before.
 
 ``start_batch`` returns a job whose ``results()`` has one entry per request; an entry that
@@ -124,6 +126,7 @@ class _Running:
     job: Job | None
     began: float  # when the worker took the batch
     busy: float = 0.0  # seconds of worker time on this job (its steps, not the others')
+    steps: int = 0  # steps run (0: new)
     error: BaseException | None = None
 
     @property
@@ -340,6 +343,7 @@ class Batcher(Generic[R]):
 
     def _worker(self) -> None:
         active: deque[_Running] = deque()  # jobs in the engine, stepped in turn
+        owed = False  # the last step was a new job's while older ones waited
         while True:
             batch = self._take(wait=not active)
             if batch is None:
@@ -347,9 +351,17 @@ class Batcher(Generic[R]):
             run: _Running | None = None
             try:
                 if batch:
-                    self._begin(batch, active)
+                    fresh = self._begin(batch)
+                    # A new job (short, as a rule) runs next, unless the last step went to
+                    # a new job too: then an older one's turn comes first, so a stream of
+                    # new requests cannot starve a long one.
+                    if owed:
+                        active.extend(fresh)
+                    else:
+                        active.extendleft(reversed(fresh))
                 if active:
                     run = active.popleft()
+                    owed = run.steps == 0 and bool(active)
                     if self._advance(run):
                         self._finish(run, active)
                     else:
@@ -400,21 +412,19 @@ class Batcher(Generic[R]):
             self._set_depth()
             return batch
 
-    def _begin(self, batch: list[_Item], active: deque[_Running]) -> None:
-        """Start ``batch`` as a job at the end of ``active``; a batch the engine refuses is
-        started request by request, so only the request at fault gets the error."""
+    def _begin(self, batch: list[_Item]) -> list[_Running]:
+        """Start ``batch`` as a job; a batch the engine refuses is started request by
+        request, so only the request at fault gets the error."""
         start = time.monotonic()
         run = _Running(batch, None, start)
         try:
             run.job = self._start_batch([it.request for it in batch])
         except Exception as exc:
             if len(batch) > 1:
-                for it in batch:
-                    self._begin([it], active)
-                return
+                return [r for it in batch for r in self._begin([it])]
             run.error = exc
         run.busy = time.monotonic() - start
-        active.append(run)
+        return [run]
 
     def _advance(self, run: _Running) -> bool:
         """One step of ``run``'s job; True when it is finished, failed or abandoned."""
@@ -424,6 +434,7 @@ class Batcher(Generic[R]):
             self.dropped += 1  # nobody waits: its remaining chunks are never computed
             return True
         t0 = time.monotonic()
+        run.steps += 1
         try:
             done = run.job.step()
         except Exception as exc:
@@ -447,7 +458,7 @@ class Batcher(Generic[R]):
         if run.error is not None and len(run.items) > 1:
             for it in run.items:  # re-run alone: only the request at fault gets the error
                 if not it.cancelled:
-                    self._begin([it], active)
+                    active.extend(self._begin([it]))
             return
         end = time.monotonic()
         compute_ns = int(run.busy * 1e9)
