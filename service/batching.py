@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from mcdrop.prediction import MCRequest
+from service.batch_jobs import EngineJob, Job, OneShot, StartBatch
 from service.errors import ModelNotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 from service.model_stats import ModelStats
@@ -61,48 +62,6 @@ class _Result(Protocol):
 
 R = TypeVar("R", bound=_Result)
 RunBatch = Callable[[Sequence[MCRequest]], Sequence["R | Exception"]]
-
-
-class Job(Protocol):
-    """One batch in the engine, run a chunk at a time (``mcdrop.engine.jobs.ManyJob``)."""
-
-    def step(self) -> bool:
-        """Run the next chunk; True once done."""
-
-    def results(self) -> Sequence[Any]:
-        """One result (or exception) per request, in order; called once done."""
-
-
-StartBatch = Callable[[Sequence[MCRequest]], Job]
-
-
-class EngineJob:
-    """An engine job (``MCPredictor.start_many``) whose predictions ``convert`` turns into
-    the batcher's results (in the worker thread, once the job is done)."""
-
-    def __init__(self, job: Any, convert: Callable[[Sequence[Any]], Sequence[Any]]) -> None:
-        self._job, self._convert = job, convert
-
-    def step(self) -> bool:
-        return bool(self._job.step())
-
-    def results(self) -> Sequence[Any]:
-        return self._convert(self._job.result())
-
-
-class _OneShot:
-    """A plain ``run_batch`` callable as a job of one step."""
-
-    def __init__(self, run_batch: RunBatch[Any], requests: Sequence[MCRequest]) -> None:
-        self._run, self._requests = run_batch, requests
-        self._out: Sequence[Any] = ()
-
-    def step(self) -> bool:
-        self._out = self._run(self._requests)
-        return True
-
-    def results(self) -> Sequence[Any]:
-        return self._out
 
 
 @dataclass(eq=False)
@@ -215,7 +174,7 @@ class Batcher(Generic[R]):
             one: RunBatch[R] = run_batch
 
             def start_batch(requests: Sequence[MCRequest]) -> Job:
-                return _OneShot(one, requests)
+                return OneShot(one, requests)
 
         self._start_batch = start_batch
         self.chunks = 0
