@@ -21,12 +21,15 @@ every model twice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mcdrop.errors import McdropError
 from mcdrop.manifest import load_manifest
@@ -35,9 +38,38 @@ from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
-__all__ = ["LoadFailed", "load_isolated", "folder_model_name", "RepositoryPoller"]
+__all__ = [
+    "FolderEntry",
+    "LoadFailed",
+    "load_isolated",
+    "collect_retired",
+    "folder_model_name",
+    "RepositoryPoller",
+    "LOADING",
+    "READY",
+    "UNAVAILABLE",
+    "UNLOADING",
+    "UNLOADED",
+]
 
 log = logging.getLogger("mcdrop.service")
+
+# Triton's model states (the repository extension's index), and the reason of an unload.
+LOADING, READY, UNAVAILABLE, UNLOADING = "LOADING", "READY", "UNAVAILABLE", "UNLOADING"
+UNLOADED = "unloaded"
+_COLLECT_TRIES = 10
+
+
+@dataclass
+class FolderEntry:
+    """One model folder: which model and version it holds, its state and why."""
+
+    folder: str
+    name: str
+    version: str = ""
+    state: str = LOADING
+    reason: str = ""
+    runtime: ModelRuntime | None = None
 
 
 class LoadFailed(Exception):
@@ -110,6 +142,28 @@ async def load_isolated(folder: Path, settings: Settings, metrics: ServiceMetric
     if outcome.runtime is None:
         raise LoadFailed(outcome.reason)
     return outcome.runtime
+
+
+async def collect_retired(gone: list[weakref.ref[Any]]) -> None:
+    """Free the retired runtimes (and modules) ``gone`` refers to.
+
+    A runtime and its batcher refer to each other, so only the collector frees them, and
+    the start-up froze everything then alive out of its reach: thaw, collect, freeze
+    again. A worker thread that just ran the drain may hold the last reference a moment
+    longer: a few tries. Once they are gone, one more pass: what a runtime freed by its
+    reference count alone held may be cyclic garbage only now.
+    """
+    gc.unfreeze()
+    try:
+        for _ in range(_COLLECT_TRIES):
+            gc.collect()
+            if all(ref() is None for ref in gone):
+                gc.collect()
+                return
+            await asyncio.sleep(0.05)
+        log.warning("a retired model is still referenced; its memory is not freed yet")
+    finally:
+        gc.freeze()
 
 
 def folder_model_name(folder: Path) -> str:

@@ -7,11 +7,11 @@ extension: index, load, unload). Every front end calls the same methods: the v1 
 routes, the repository routes and the gRPC servicer. It never sees a body: the codecs turn
 bodies into :class:`~service.runtime.InferRequest` and :class:`~service.runtime.Answer` back.
 
-State lives in one entry per model folder (:class:`FolderEntry`), changed only on the event
-loop; the served view (``models`` and the versions of each name) is rebuilt from the
-entries after each change and swapped in whole, so a request sees either the old runtime or
-the new one. Model code runs in loader threads (:mod:`service.control`) and the engine in
-the batcher threads.
+State lives in one entry per model folder (:class:`~service.control.FolderEntry`),
+changed only on the event loop; the served view (``models`` and the versions of each name)
+is rebuilt from the entries after each change and swapped in whole, so a request sees
+either the old runtime or the new one. Model code runs in loader threads
+(:mod:`service.control`) and the engine in the batcher threads.
 """
 
 from __future__ import annotations
@@ -20,14 +20,25 @@ import asyncio
 import gc
 import logging
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mcdrop.errors import McdropError
 from mcdrop.manifest import load_manifest, version_key
 from mcdrop.repository import forget_model, model_folders
-from service.control import LoadFailed, RepositoryPoller, folder_model_name, load_isolated
+from service.control import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    UNLOADED,
+    UNLOADING,
+    FolderEntry,
+    LoadFailed,
+    RepositoryPoller,
+    collect_retired,
+    folder_model_name,
+    load_isolated,
+)
 from service.errors import BadRequest, ModelNotReady, NotFound, shown
 from service.metrics import ServiceMetrics
 from service.runtime import Answer, InferRequest, ModelRuntime
@@ -36,23 +47,6 @@ from service.settings import Settings
 __all__ = ["DataPlane", "FolderEntry", "LOADING", "READY", "UNAVAILABLE", "UNLOADING"]
 
 log = logging.getLogger("mcdrop.service")
-
-# Triton's model states (the repository extension's index).
-LOADING, READY, UNAVAILABLE, UNLOADING = "LOADING", "READY", "UNAVAILABLE", "UNLOADING"
-UNLOADED = "unloaded"
-_COLLECT_TRIES = 10
-
-
-@dataclass
-class FolderEntry:
-    """One model folder: which model and version it holds, its state and why."""
-
-    folder: str
-    name: str
-    version: str = ""
-    state: str = LOADING
-    reason: str = ""
-    runtime: ModelRuntime | None = None
 
 
 class DataPlane:
@@ -77,6 +71,7 @@ class DataPlane:
         self._lock = asyncio.Lock()  # one change of what is served at a time
         self._poller: RepositoryPoller | None = None
         self._closing = False
+        self._gauged: set[tuple[str, str]] = set()  # (model, version) labels of the gauge
 
     # -------------------------------------------------------------- state
 
@@ -112,9 +107,11 @@ class DataPlane:
                 versions.setdefault(e.name, {})[e.version] = e.runtime
         self.versions = versions
         self.models = {name: vs[max(vs, key=version_key)] for name, vs in sorted(versions.items())}
-        for e in self.entries.values():
-            up = e.name in versions and e.version in versions[e.name]
-            self.metrics.model_ready.labels(e.name, e.version).set(1 if up else 0)
+        labels = {(e.name, e.version) for e in self.entries.values()}
+        for name, version in labels | self._gauged:  # a reload may rename a version
+            up = name in versions and version in versions[name]
+            self.metrics.model_ready.labels(name, version).set(1 if up else 0)
+        self._gauged |= labels
 
     # -------------------------------------------------------------- loading
 
@@ -212,7 +209,7 @@ class DataPlane:
             gone: list[weakref.ref[Any]] = [weakref.ref(old), weakref.ref(old.loaded.module)]
             del old
             self._publish()
-            await self._collect(gone)
+            await collect_retired(gone)
         return None
 
     async def _retire(self, rt: ModelRuntime, *, forget: bool) -> None:
@@ -225,25 +222,6 @@ class DataPlane:
         if forget:
             forget_model(rt.loaded)
         rt.batcher = None
-
-    async def _collect(self, gone: list[weakref.ref[Any]]) -> None:
-        """Free the retired runtimes ``gone`` refers to. A runtime and its batcher refer
-        to each other, so only the collector frees them, and the start-up froze everything
-        then alive out of its reach: thaw, collect, freeze again. A worker thread that
-        just ran the drain may hold the last reference a moment longer: a few tries."""
-        gc.unfreeze()
-        try:
-            for _ in range(_COLLECT_TRIES):
-                gc.collect()
-                if all(ref() is None for ref in gone):
-                    # once more: what a runtime freed by its reference count alone held
-                    # may be cyclic garbage only now
-                    gc.collect()
-                    return
-                await asyncio.sleep(0.05)
-            log.warning("a retired model is still referenced; its memory is not freed yet")
-        finally:
-            gc.freeze()
 
     # -------------------------------------------------------------- model control
 
@@ -315,7 +293,7 @@ class DataPlane:
             del rt
             e.state, e.reason = UNAVAILABLE, UNLOADED
         self._publish()
-        await self._collect(gone)
+        await collect_retired(gone)
         log.info("unloaded %s", ", ".join(f"{e.name} {e.version}" for e in entries))
 
     async def _sync(self, name: str, *, locked: bool = False) -> list[str]:
