@@ -132,8 +132,10 @@ async def test_reload_with_new_weights_under_load(server: ServerProcess, repo: P
     kinds = ["old" if _same(a, old) else "new" if _same(a, new) else repr(a)
              for a in answers if isinstance(a, float)]  # fmt: skip
     assert set(kinds) == {"old", "new"}, set(kinds)
-    first_new = kinds.index("new")
-    assert "old" not in kinds[first_new + CONCURRENCY :]  # the old ones are the swap's in-flight
+    # after the first new answer, only requests already queued on the old model (one per
+    # client at most) may still come back from it
+    late_old = kinds[kinds.index("new") :].count("old")
+    assert late_old < CONCURRENCY, late_old
     assert len(answers) >= 4 * CONCURRENCY, len(answers)
 
 
