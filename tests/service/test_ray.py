@@ -162,22 +162,16 @@ def ray_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServe]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         common = {"max_queue_delay_ms": 2.0, "drain_seconds": 2.0, "log_level": "info"}
-        serve.run(
-            ray_app.build_app(
-                Settings(models_dir=repo, **common),
-                ray_app.RaySettings(replicas=2, num_cpus=0.5, max_ongoing=8, max_queued=64),
-            ),
-            name="main",
-            route_prefix="/",
-        )
-        serve.run(
-            ray_app.build_app(
-                Settings(models_dir=slow_repo, **common),
-                ray_app.RaySettings(replicas=1, num_cpus=0.5, max_ongoing=1, max_queued=1),
-            ),
-            name="slow",
-            route_prefix="/slow",
-        )
+        apps = [  # (name, route, models, replicas, max_ongoing, max_queued)
+            ("main", "/", repo, 2, 8, 64),
+            ("slow", "/slow", slow_repo, 1, 1, 1),
+        ]
+        for name, route, models, replicas, ongoing, queued in apps:
+            limits = ray_app.RaySettings(
+                replicas=replicas, num_cpus=0.5, max_ongoing=ongoing, max_queued=queued
+            )
+            app = ray_app.build_app(Settings(models_dir=models, **common), limits)
+            serve.run(app, name=name, route_prefix=route)
         yield RayServe(f"http://127.0.0.1:{port}", temp_dir, repo, slow_repo)
     finally:
         try:
