@@ -25,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import mcdrop
 from mcdrop.errors import McdropError
-from service import otel, page, routes_repository, routes_v1, routes_v2
+from service import control, otel, page, routes_repository, routes_v1, routes_v2
 from service.body import describe_error
 from service.connections import ShutdownAnswerMiddleware, stop_budget
 from service.direct import DirectRoutes
@@ -128,6 +128,7 @@ def _lifespan(
         # once, /health/ready says 503 (naming the folders) until they are loaded.
         loading = None
         if not plane.loaded:
+            control.claim_parallel_pool()  # before the loader threads (it says why)
             plane.prepare()
             # (load_all freezes what is alive once loaded: see DataPlane.load_all)
             loading = asyncio.create_task(plane.load_all())

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mcdrop.errors import McdropError
 from mcdrop.manifest import load_manifest
 from mcdrop.repository import load_model, model_folders
@@ -39,6 +41,7 @@ from service.runtime import ModelRuntime
 from service.settings import Settings
 
 __all__ = [
+    "claim_parallel_pool",
     "FolderEntry",
     "LoadFailed",
     "load_isolated",
@@ -84,6 +87,21 @@ class LoadFailed(Exception):
 class _Outcome:
     runtime: ModelRuntime | None = None
     reason: str = ""
+
+
+def claim_parallel_pool() -> None:
+    """Run one multi-threaded torch operation on the calling thread (the server's main
+    thread), before any loader thread touches torch.
+
+    OpenMP (libgomp, which torch's CPU wheels use) ties its worker pool to the first thread
+    that opens a parallel region. If that is a loader thread, which exits once its model is
+    warm, every later forward pass in a batcher thread pays for a pool that is no longer
+    kept: digits at S = 100 went from 2.4 to 21.6 ms of CPU per call, and the service from
+    283 to 50 requests/s at concurrency 1 (benchmarks/RESULTS.md). A long-lived thread
+    that opens the first region keeps the pool warm for all the others.
+    """
+    a = torch.ones(256, 256)
+    torch.mm(a, a)  # a GEMM this size runs on every intra-op thread
 
 
 def _load_and_warm(folder: Path, settings: Settings, metrics: ServiceMetrics) -> _Outcome:
