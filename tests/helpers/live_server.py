@@ -184,6 +184,9 @@ def start_server(
     """
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
+    # mcdrop serve's gRPC default is the fixed port 8001: tests in parallel would share it
+    # (SO_REUSEPORT) and talk to each other's servers. Port 0 binds a free one.
+    full["MCDROP_GRPC_PORT"] = "0"
     full.update(env or {})
     full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
     if log_path is None:
