@@ -213,9 +213,23 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
+def _refuse_classification(req: InferenceRequest) -> None:
+    """422 for Triton's ``classification`` output parameter (top-k class labels, what
+    tritonclient's ``InferRequestedOutput(name, class_count=k)`` sends): every output here
+    is the whole tensor, so answering would silently ignore what was asked."""
+    for o in req.outputs or ():
+        if o.parameters and "classification" in o.parameters:
+            raise Unprocessable(
+                f"output '{shown(o.name)}': the 'classification' parameter (Triton's top-k "
+                "class labels) is not supported; outputs are whole tensors: ask for 'probs' "
+                "and rank the classes on your side"
+            )
+
+
 def decode(model: ModelRuntime, body: Any) -> V2Request:
     """A parsed ``POST /v2/models/{name}/infer`` body -> the checked request."""
     req = validate_body(InferenceRequest, body)
+    _refuse_classification(req)
     samples, seed = _options(model, req)
     x = _input_array(model, req)
     outputs = tuple(o.name for o in req.outputs or ())

@@ -89,6 +89,23 @@ def test_tritonclient_default_binary_mode(url: str) -> None:
         client.close()
 
 
+def test_tritonclient_class_count_is_refused(url: str) -> None:
+    """Triton's top-k ``classification`` output parameter is refused, not ignored."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url=url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("input", list(X.shape), "FP32")
+        inp.set_data_from_numpy(X)
+        out = httpclient.InferRequestedOutput("probs", class_count=2)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("clf", [inp], outputs=[out], parameters=PARAMS)
+        assert "422" in str(err.value.status()) and "classification" in str(err.value)
+    finally:
+        client.close()
+
+
 async def test_tritonclient_aio_default_modes(url: str) -> None:
     import tritonclient.http.aio as aioclient
 
