@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mcdrop.cli import COMMANDS, main
@@ -137,14 +136,20 @@ def _free_port() -> int:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """The readiness answer once loading has finished: 200, or the strict 503 whose only
+    reasons are folders that failed (a plain install lacks the extras some models need)."""
+    from helpers.live_server import settled
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"mcdrop serve exited with {proc.returncode}"
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return dict(json.loads(r.read()))
-        except (OSError, ValueError):
-            time.sleep(0.5)
+            r = httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            r = None
+        if r is not None and settled(r):
+            return dict(r.json())
+        time.sleep(0.5)
     raise AssertionError(f"{url} not ready within {timeout} s")
 
 
