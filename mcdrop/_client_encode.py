@@ -118,7 +118,13 @@ def _checked(check: Any, value: Any, name: str) -> int:
         raise InputError(str(exc)) from exc
 
 
-def predict_body(inputs: Any, samples: int | None, seed: int | None, return_samples: bool) -> bytes:
+def predict_body(
+    inputs: Any,
+    samples: int | None,
+    seed: int | None,
+    return_samples: bool,
+    bitwise: bool = False,
+) -> bytes:
     """The JSON body of ``POST /v1/models/{name}/predict``, inputs encoded on a fast path.
 
     Integer inputs are written as JSON integers, floats as JSON floats (see
@@ -137,6 +143,8 @@ def predict_body(inputs: Any, samples: int | None, seed: int | None, return_samp
         payload["seed"] = _checked(check_seed, seed, "")
     if return_samples:
         payload["return_samples"] = True
+    if bitwise:
+        payload["bitwise"] = True
     # orjson writes numpy arrays itself (C-contiguous, native-endian ones), about 10x faster
     # than tolist() + json; int64 arrays become JSON integers, float64 ones JSON floats;
     # non-finite values were rejected above.

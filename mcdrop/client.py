@@ -212,6 +212,7 @@ class Client(ClientBase):
         samples: int | None = None,
         seed: int | None = None,
         return_samples: bool = False,
+        bitwise: bool = False,
     ) -> PredictResult:
         """Monte Carlo dropout prediction of ``model`` on a batch of rows.
 
@@ -232,12 +233,15 @@ class Client(ClientBase):
         return_samples : bool
             Also return the raw draws as ``PredictResult.draws`` (S, B, *O); logits for
             classifiers. The server caps an answer at 1,000,000 such numbers.
+        bitwise : bool
+            With a seed: the answer is byte-identical to the same request sent alone (the
+            server runs it in a batch of its own). Without, it agrees to float32 rounding.
 
         Returns
         -------
         PredictResult
         """
-        body = predict_body(inputs, samples, seed, return_samples)
+        body = predict_body(inputs, samples, seed, return_samples, bitwise)
         response = self._send("POST", model_path(model) + "/predict", content=body)
         return parse_predict(decode_json(response))
 
@@ -341,9 +345,10 @@ class AsyncClient(ClientBase):
         samples: int | None = None,
         seed: int | None = None,
         return_samples: bool = False,
+        bitwise: bool = False,
     ) -> PredictResult:
         """See :meth:`Client.predict`."""
-        body = predict_body(inputs, samples, seed, return_samples)
+        body = predict_body(inputs, samples, seed, return_samples, bitwise)
         response = await self._send("POST", model_path(model) + "/predict", content=body)
         return parse_predict(decode_json(response))
 
