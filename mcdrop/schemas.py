@@ -73,10 +73,14 @@ class LiveResponse(_Open):
 
 
 class ReadyResponse(_Open):
-    """``GET /health/ready``: 200 once every loadable model is loaded and warmed up."""
+    """``GET /health/ready``: 200 once every model folder is served (strict readiness, the
+    default), or once one is (``MCDROP_STRICT_READINESS=false``); 503 otherwise."""
 
     status: Literal["ready", "not ready"]
     models: list[str] = Field(description="names of the models being served")
+    loading: list[str] = Field(
+        default_factory=list, description="model folders still loading or warming up"
+    )
     failures: dict[str, str] = Field(
         default_factory=dict, description="model folder -> why it could not be served"
     )
