@@ -67,8 +67,10 @@ def asgi_schema(tiny_repo: Path) -> Iterator[Any]:
     from schemathesis.python import asgi
 
     # Short timeout so the slow model cannot stall the run; a small queue is fine: the
-    # fuzzer sends one request at a time.
-    app = create_app(make_settings(tiny_repo, request_timeout_s=2.0, log_level="warning"))
+    # fuzzer sends one request at a time. schemathesis starts the lifespan itself and sends
+    # at once: the models load before the lifespan returns (no "still loading" 503s).
+    app = create_app(make_settings(tiny_repo, request_timeout_s=2.0, log_level="warning"),
+                     background_load=False)  # fmt: skip
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     yield schema
     asgi.shutdown_lifespans()
