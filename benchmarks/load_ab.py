@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from load import _load_phase, sample_row  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers.live_server import ServerProcess, free_port, settled  # noqa: E402
+from helpers.live_server import ServerProcess, start_server  # noqa: E402
 
 
 def parse_variant(spec: str) -> tuple[str, Path, dict[str, str]]:
@@ -61,27 +60,9 @@ def parse_variant(spec: str) -> tuple[str, Path, dict[str, str]]:
 
 def serve(tree: Path, models_dir: Path, env: dict[str, str], timeout: float) -> ServerProcess:
     """``mcdrop serve`` from ``tree`` (its own code) on a free port, once its models loaded."""
-    port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
-    full.update({"MCDROP_LOG_LEVEL": "warning", **env, "PYTHONPATH": str(tree)})
     log_path = Path(tempfile.mkstemp(prefix="mcdrop-ab-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "mcdrop.cli", "serve", "--port", str(port),
-           "--models-dir", str(models_dir)]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=tree, env=full, stdout=log, stderr=subprocess.STDOUT)
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", port, log_path, env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server from {tree} exited:\n{server.log()[-3000:]}")
-        try:
-            if settled(httpx.get(server.url + "/health/ready", timeout=1.0)):
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"server from {tree} not ready in {timeout} s:\n{server.log()[-3000:]}")
+    return start_server(models_dir, {"MCDROP_LOG_LEVEL": "warning", **env},
+                        log_path=log_path, ready_timeout=timeout, tree=tree)  # fmt: skip
 
 
 def one_model_repo(models_dir: Path, model: str, into: Path) -> Path:

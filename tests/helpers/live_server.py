@@ -174,8 +174,10 @@ def start_server(
     log_path: Path | None = None,
     ready_timeout: float = 60.0,
     until: str = "settled",
+    tree: Path = ROOT,
 ) -> ServerProcess:
-    """Start ``python -m mcdrop.cli serve`` with ``MCDROP_*`` settings ``env``.
+    """Start ``python -m mcdrop.cli serve`` with ``MCDROP_*`` settings ``env``, running the
+    code of source ``tree`` (this checkout; ``benchmarks/load_ab.py`` passes others).
 
     Returns once loading has finished (:func:`settled`: ``/health/ready`` is 200, or 503
     with only failures); raises RuntimeError with the end of the server's log if it exits
@@ -188,13 +190,13 @@ def start_server(
     # (SO_REUSEPORT) and talk to each other's servers. Port 0 binds a free one.
     full["MCDROP_GRPC_PORT"] = "0"
     full.update(env or {})
-    full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
+    full["PYTHONPATH"] = str(tree) + os.pathsep + full.get("PYTHONPATH", "")
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="mcdrop-serve-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "mcdrop.cli", "serve", "--port", str(port),
            "--models-dir", str(models_dir)]  # fmt: skip
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=tree, env=full, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", port, log_path, dict(env or {}))
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
