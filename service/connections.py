@@ -49,6 +49,7 @@ from service.errors import (
     ReadTimeout,
     ServiceError,
     TooManyConnections,
+    TrackedSend,
     error_response,
     status_for,
 )
@@ -218,20 +219,13 @@ class ShutdownAnswerMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
             # Only the shutdown's cancellation is answered; a response already begun can
             # only be cut (uvicorn closes the connection).
-            if _State.draining_since is None or started:
+            if _State.draining_since is None or tracked.started:
                 raise
             exc = ModelNotReady(
                 "the server is shutting down: this request did not finish within "

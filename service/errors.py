@@ -63,6 +63,7 @@ __all__ = [
     "status_for",
     "grpc_status_for",
     "error_response",
+    "TrackedSend",
     "INTERNAL_ERROR_MESSAGE",
 ]
 
@@ -261,6 +262,20 @@ def message_for(exc: BaseException) -> str:
     if isinstance(exc, ClientDisconnect):
         return "the client closed the connection before its request body arrived"
     return INTERNAL_ERROR_MESSAGE
+
+
+class TrackedSend:
+    """An ASGI ``send`` that notes whether the response has begun: a middleware may answer
+    an error with :func:`error_response` only before that (after, it can only cut it)."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 def error_response(exc: BaseException) -> FastJSONResponse:

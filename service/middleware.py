@@ -12,7 +12,13 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import otel, tracing
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, error_response
+from service.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    TrackedSend,
+    UnsupportedMediaType,
+    error_response,
+)
 from service.metrics import ServiceMetrics
 
 __all__ = ["BodyLimitMiddleware", "AccessLogMiddleware", "METHODS", "method_label"]
@@ -75,7 +81,6 @@ class BodyLimitMiddleware:
             await error_response(exc)(scope, receive, send)
             return
         received = 0
-        started = False
         if inflater is not None:  # the app sees the inflated body, without the encoding
             scope = _without_encoding(scope)
 
@@ -91,16 +96,11 @@ class BodyLimitMiddleware:
                     raise self._too_large()
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except PayloadTooLarge as exc:
-            if started:
+            if tracked.started:
                 raise
             await error_response(exc)(scope, receive, send)
 
