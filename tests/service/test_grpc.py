@@ -372,7 +372,7 @@ def test_message_over_the_body_limit(server: Server) -> None:
 
 
 def test_deadline_exceeded(server: Server) -> None:
-    x = np.zeros((1, FEATURES), np.float32)
+    x = np.ones((1, FEATURES), np.float32)  # zeros would not sleep (tiny_models.SlowRegressor)
     status, _ = _status(lambda: server.client.infer("slow", [_input(x)], client_timeout=0.05))
     assert status == grpc.StatusCode.DEADLINE_EXCEEDED
 

@@ -44,10 +44,12 @@ class TinyClassifier(nn.Module):
 
 
 class SlowRegressor(nn.Module):
-    """A regressor whose every forward pass sleeps ``delay`` seconds.
+    """A regressor whose forward pass sleeps ``delay`` seconds, unless every input is 0.
 
-    A row whose values are all 13 makes it raise, to test unexpected model failures. The
-    data-dependent branch also keeps torch.fx from tracing it, so each call runs forward.
+    A row whose values are all 13 makes it raise, to test unexpected model failures. Inputs
+    of zeros only (the service's warm-up and compute-budget measurement) do not sleep, so a
+    server holding this model starts in milliseconds, not seconds. The data-dependent
+    branches also keep torch.fx from tracing it, so each call runs forward.
     """
 
     def __init__(self, features: int, p: float, delay: float) -> None:
@@ -58,7 +60,8 @@ class SlowRegressor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x == 13.0).all(dim=-1).any()):
             raise RuntimeError("secret internal detail 0xdeadbeef")
-        time.sleep(self.delay)
+        if bool((x != 0).any()):
+            time.sleep(self.delay)
         return self.net(x)
 
 
