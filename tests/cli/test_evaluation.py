@@ -102,6 +102,7 @@ def test_progress_printer() -> None:
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_matplotlib_not_imported_by_library() -> None:
     import subprocess
     import sys

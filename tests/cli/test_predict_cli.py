@@ -3,6 +3,7 @@ and JSON outputs, and one-line errors with the documented exit codes."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 
@@ -152,7 +153,12 @@ def test_server_errors_exit_1(url, tmp_path, capsys):
     assert "HTTP 422" in _one_line_error(capsys)
 
 
-def test_unreachable_server_exits_1(tmp_path, capsys):
+def test_unreachable_server_exits_1(tmp_path, capsys, monkeypatch):
+    # the CLI's Client retries a refused connection 3 times (0.5 + 1 + 2 s of backoff by
+    # default); the same retries, 1 ms apart
+    import mcdrop.predict_cli as cli
+
+    monkeypatch.setattr(cli, "Client", functools.partial(cli.Client, backoff=0.001))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -252,6 +252,7 @@ def _ids() -> np.ndarray:
     return np.asarray(json.loads((LANGID / "examples.json").read_text())["input_ids"])
 
 
+@pytest.mark.slow  # the langid_server fixture: mcdrop serve in a subprocess
 def test_served_over_http_with_token_ids(langid_server) -> None:
     import httpx
 
@@ -265,6 +266,7 @@ def test_served_over_http_with_token_ids(langid_server) -> None:
     assert info["input_dtype"] == "int64" and info["input_shape"] == [32]
 
 
+@pytest.mark.slow  # the langid_server fixture: mcdrop serve in a subprocess
 def test_served_to_tritonclient_json_mode_int64(langid_server) -> None:
     httpclient = pytest.importorskip("tritonclient.http")
     ids = _ids()
@@ -283,6 +285,7 @@ def test_served_to_tritonclient_json_mode_int64(langid_server) -> None:
         client.close()
 
 
+@pytest.mark.slow  # the langid_server fixture: mcdrop serve in a subprocess
 def test_served_to_the_python_client_with_numpy_int64(langid_server) -> None:
     import httpx
 
@@ -300,6 +303,7 @@ def test_served_to_the_python_client_with_numpy_int64(langid_server) -> None:
     np.testing.assert_array_equal(by_text.probs, res.probs)
 
 
+@pytest.mark.slow  # the langid_server fixture: mcdrop serve in a subprocess
 def test_served_with_raw_text_v1_and_v2_bytes(langid_server) -> None:
     import httpx
 
@@ -350,6 +354,7 @@ def test_a_row_of_padding_first_does_not_switch_attention_dropout_off(
     assert torch.isfinite(out.probs[0]).all()
 
 
+@pytest.mark.slow  # the langid_server fixture: mcdrop serve in a subprocess
 def test_served_to_mcdrop_predict_with_a_json_list_of_texts(langid_server, tmp_path, capsys):
     from mcdrop.predict_cli import main
 

@@ -16,7 +16,7 @@ import pytest
 from helpers.tolerance import assert_close_f32
 from page_harness import Tab, open_tab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real server and headless chromium
 
 # Math.random made repeatable, so "a test digit" and "noise" pick the same inputs each run.
 SEEDED_RANDOM = """

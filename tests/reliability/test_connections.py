@@ -39,7 +39,9 @@ MIN_RATE = 200  # bytes/s
 MAX_CONN = 12
 MAX_HEAD = 8 * 1024
 SLACK_S = 1.5  # scheduling on a loaded 2-core machine
-PARSERS = ["httptools", "h11"] if HttpToolsGuarded is not None else ["h11"]
+# h11 (the fallback parser) runs in the full suite; the default httptools in -m "not slow" too
+_H11 = pytest.param("h11", marks=pytest.mark.slow)
+PARSERS = ["httptools", _H11] if HttpToolsGuarded is not None else ["h11"]
 OPEN: list[uvicorn.Server] = []
 ROW = {"inputs": [[0.1, 0.2, 0.3, 0.4]], "samples": 8, "seed": 1}
 

@@ -86,6 +86,7 @@ ATTACKS: dict[str, Callable[[int], int]] = {
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_each_hostile_body_gets_its_4xx(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         r = c.post(V1, content=BIG, headers={"Content-Type": "application/json"})
@@ -176,6 +177,7 @@ def _measure(server: ServerProcess, seconds: float, attack: bool) -> dict[str, f
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_health_stays_responsive_while_hostile_bodies_arrive(server: ServerProcess) -> None:
     calm = _measure(server, 1.5, attack=False)
     hostile = _measure(server, ATTACK_SECONDS, attack=True)

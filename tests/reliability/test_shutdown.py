@@ -30,7 +30,7 @@ from svc_helpers import _manifest
 from mcdrop.repository import save_model
 from service.connections import ConnectionSettings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # mcdrop serve subprocesses, a 5 s idle wait
 
 CHUNK_S = 2.0  # the marked forward pass sleeps this long (one chunk)
 DRAIN_S = 0.3

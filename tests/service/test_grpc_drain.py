@@ -20,7 +20,7 @@ import tritonclient.grpc as tg
 from helpers.live_server import ServerProcess, free_port, start_server
 from svc_helpers import FEATURES, write_tiny_repo
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # mcdrop serve subprocesses, SIGTERM
 
 KEY = "grpc-drain-key"
 AUTH = {"authorization": f"Bearer {KEY}"}

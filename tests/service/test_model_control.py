@@ -27,7 +27,7 @@ from helpers.live_server import ServerProcess, app_client, start_server
 from helpers.tolerance import EPS32, ULPS
 from svc_helpers import make_settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anyio]  # mcdrop serve subprocesses
 
 SEED = 7
 SAMPLES = 8
