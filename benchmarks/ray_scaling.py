@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the one live-server harness: tests/helpers
 
 from helpers.live_server import free_port  # noqa: E402
+from helpers.local_ray import local_ray_serve  # noqa: E402
 
 
 @dataclass
@@ -167,33 +168,9 @@ def uvicorn_server(models_dir: Path, workers: int) -> Iterator[str]:
 
 @contextmanager
 def ray_serve(num_cpus: int) -> Iterator[str]:
-    """A private local Ray with Serve listening on a free loopback port."""
-    import logging
-
-    import ray
-    from ray import serve
-
-    temp_dir = tempfile.mkdtemp(prefix="mcdrop-ray-", dir="/tmp")
-    port = free_port()
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=80 * 2**20,
-        _temp_dir=temp_dir,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    """A private local Ray with Serve listening on a free loopback port (its URL)."""
+    with local_ray_serve(num_cpus) as local:
+        yield local.url
 
 
 def deploy(models_dir: Path, replicas: int, args: argparse.Namespace) -> str:

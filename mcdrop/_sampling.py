@@ -8,7 +8,7 @@ calling thread has an active :class:`SamplingContext`; inside one, dropout is ap
 whatever ``training`` flag the caller passed, with masks from the context:
 
 - ``free``: torch's own dropout (global generator), used by plain ``mc_mode``;
-- ``keyed``: masks from :mod:`mcdrop._keyed`, one per (seed, sample) unit, shared by the
+- ``keyed``: masks from :mod:`mcdrop.engine.masks`, one per (seed, sample) unit, shared by the
   rows of that unit, so a row's draws do not depend on batching or chunking;
 - ``record``: dropout is the identity and each call's shape is recorded (planning).
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcdrop._keyed import keep_mask
+from mcdrop.engine.masks import keep_mask
 from mcdrop.errors import UnsupportedModelError
 
 _SELU_ALPHA = -1.7580993408473766  # alpha' = -lambda * alpha of SELU, as torch uses it
@@ -65,7 +65,7 @@ class SamplingContext:
 
     ``mode``:
       - ``"free"``: torch's own dropout (global RNG); plain ``mc_mode`` uses this.
-      - ``"keyed"``: masks from :mod:`mcdrop._keyed`; activations hold ``U * R`` rows
+      - ``"keyed"``: masks from :mod:`mcdrop.engine.masks`; activations hold ``U * R`` rows
         (``R`` rows per unit, unit-major) or rows mapped by ``row_unit``.
       - ``"record"``: dropout is the identity; each call's shape is recorded.
       Keyed masks come from ``mask_fn(keys, site, numel, p)`` when set (exact ensemble).

@@ -148,6 +148,24 @@ def install(extra: str) -> bool:
     return True
 
 
+def compile_packages() -> None:
+    """Byte-compile the venv's packages once, on every CPU (``install`` skips it so that
+    ``serve`` is ready sooner): otherwise the suite's first imports of torch and
+    transformers compile them, in every xdist worker and server subprocess at once."""
+    done = VENV / ".mcdrop-compiled"
+    if done.is_file() and done.read_text() == fingerprint("[dev]"):
+        return
+    where = subprocess.run(
+        [str(PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    say(f"byte-compiling the installed packages once ({where})")
+    # -qq: a few packages ship files for other Python versions that do not compile; the
+    # interpreter never imports those, so their errors are not ours to show.
+    subprocess.run([str(PY), "-m", "compileall", "-qq", "-j", "0", where])
+    done.write_text(fingerprint("[dev]"))
+
+
 def ensure_env(command: str) -> bool:
     """Make ``.venv`` ready for ``command``; False when it cannot be (the reason is printed)."""
     extra = EXTRAS[command]
@@ -164,10 +182,16 @@ def ensure_env(command: str) -> bool:
             say(f"{TORCH_INDEX_ENV} changed: recreating {VENV} so torch comes from the new index")
             shutil.rmtree(VENV)
         elif ready() and PY.exists():
+            if extra == "[dev]":
+                compile_packages()
             return True
         if not venv_usable() and not create_venv():
             return False
-        return ready() or install(extra)
+        if not (ready() or install(extra)):
+            return False
+        if extra == "[dev]":
+            compile_packages()
+        return True
 
 
 def prepare_kserve() -> None:

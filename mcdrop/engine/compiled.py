@@ -6,7 +6,7 @@ read the masks' unit keys from a thread-local sampling context (:mod:`mcdrop._sa
 dropout on fake tensors. So the compiled path does not use the context at all. It traces
 the module with ``torch.fx``, replaces each dropout node by :func:`explicit_dropout`, whose
 keys and row-to-unit map are ordinary graph inputs, and hands that graph to
-``torch.compile``. The mask hash (:func:`mcdrop._keyed._keep_mask_torch`) is plain int32
+``torch.compile``. The mask hash (:func:`mcdrop.engine.masks._keep_mask_torch`) is plain int32
 tensor arithmetic, so inductor fuses it with the multiply and the surrounding pointwise
 ops instead of materialising masks.
 

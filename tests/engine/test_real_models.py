@@ -137,7 +137,8 @@ def hf_model(kind: str, impl: str) -> tuple[nn.Module, Callable[[int], torch.Ten
     return Logits(hf, key).eval(), inputs
 
 
-# eager attention (a dropout call of its own) in the full suite; sdpa, the default, in -m "not slow" too
+# eager attention (a dropout call of its own) runs in the full suite only; sdpa (the
+# default) in the quick loop too
 @pytest.mark.parametrize("impl", [pytest.param("eager", marks=pytest.mark.slow), "sdpa"])
 @pytest.mark.parametrize("kind", sorted(FAMILIES))
 def test_hf_attention_dropout_is_sampled(kind: str, impl: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.live_server import free_port
+from helpers.local_ray import local_ray_serve
 
 from mcdrop.repository import Manifest, save_model
 from service.settings import Settings
@@ -41,7 +43,6 @@ FEATURES = 3
 SLOW_DELAY = 0.4
 
 try:
-    import ray
     from ray import serve
 
     from service import ray_app
@@ -146,21 +147,7 @@ def ray_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServe]:
     slow = _manifest("slow", "build_slow", max_batch_rows=1, config={"delay": SLOW_DELAY})
     save_model(slow_repo / "slow", arch.build_slow(delay=SLOW_DELAY), slow, source)
 
-    # A short private temp dir: Ray's socket paths must stay under 108 bytes, and other
-    # Ray instances on this machine must not be found or disturbed.
-    temp_dir = Path(tempfile.mkdtemp(prefix="mcdrop-ray-", dir="/tmp"))
-    port = free_port()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=80 * 2**20,
-        _temp_dir=str(temp_dir),
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-        log_to_driver=False,
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_ray_serve(num_cpus=2, log_level=logging.INFO) as local:
         common = {"max_queue_delay_ms": 2.0, "drain_seconds": 2.0, "log_level": "info"}
         apps = [  # (name, route, models, replicas, max_ongoing, max_queued)
             ("main", "/", repo, 2, 8, 64),
@@ -172,13 +159,7 @@ def ray_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServe]:
             )
             app = ray_app.build_app(Settings(models_dir=models, **common), limits)
             serve.run(app, name=name, route_prefix=route)
-        yield RayServe(f"http://127.0.0.1:{port}", temp_dir, repo, slow_repo)
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        yield RayServe(local.url, local.temp_dir, repo, slow_repo)
 
 
 def _body(seed: int | None = 7, samples: int = 50) -> dict[str, Any]:

@@ -11,6 +11,29 @@ const PEN = 3.5; // stroke width in the 32x32 bitmap
 const CELLS = 8;
 
 /**
+ * Draw strokes (lists of [x, y] points in the context's pixels) with a round pen of
+ * `width`: a line through the points, or a dot where a stroke is a single point (a tap).
+ * The pad and the 32x32 bitmap the model's input is counted from both draw with it.
+ */
+function drawStrokes(g, strokes, width, color) {
+  g.lineCap = "round";
+  g.lineJoin = "round";
+  g.lineWidth = width;
+  g.strokeStyle = color;
+  g.fillStyle = color;
+  for (const path of strokes) {
+    g.beginPath();
+    if (path.length === 1) {
+      g.arc(path[0][0], path[0][1], width / 2, 0, 2 * Math.PI);
+      g.fill();
+    } else {
+      path.forEach(([x, y], i) => (i ? g.lineTo(x, y) : g.moveTo(x, y)));
+      g.stroke();
+    }
+  }
+}
+
+/**
  * The 8x8 counts (0..16) of the strokes: the strokes' box is centred and scaled (aspect
  * kept) into a 32x32 bitmap, drawn with a pen of fixed width in bitmap pixels (the data's
  * strokes are 3-4 of their 32 pixels wide whatever the writer's size), thresholded to on/off,
@@ -31,22 +54,7 @@ export function strokesToGrid(strokes) {
   bitmap.width = 32;
   bitmap.height = 32;
   const g = bitmap.getContext("2d", { willReadFrequently: true });
-  g.lineCap = "round";
-  g.lineJoin = "round";
-  g.lineWidth = PEN;
-  g.strokeStyle = "#000";
-  g.fillStyle = "#000";
-  for (const stroke of strokes) {
-    const path = stroke.map(map);
-    g.beginPath();
-    if (path.length === 1) {
-      g.arc(path[0][0], path[0][1], PEN / 2, 0, 2 * Math.PI);
-      g.fill();
-      continue;
-    }
-    path.forEach(([x, y], i) => (i ? g.lineTo(x, y) : g.moveTo(x, y)));
-    g.stroke();
-  }
+  drawStrokes(g, strokes.map((stroke) => stroke.map(map)), PEN, "#000");
   const alpha = g.getImageData(0, 0, 32, 32).data;
   for (let y = 0; y < 32; y++) {
     for (let x = 0; x < 32; x++) {
@@ -92,21 +100,7 @@ export function mountPad(root, ctx) {
         p.fillRect((i % CELLS) * cell, Math.floor(i / CELLS) * cell, cell, cell);
       }
     });
-    p.lineCap = "round";
-    p.lineJoin = "round";
-    p.lineWidth = LINE;
-    p.strokeStyle = "#111827";
-    p.fillStyle = "#111827";
-    for (const stroke of strokes) {
-      p.beginPath();
-      if (stroke.length === 1) {
-        p.arc(stroke[0][0], stroke[0][1], LINE / 2, 0, 2 * Math.PI);
-        p.fill();
-      } else {
-        stroke.forEach(([x, y], i) => (i ? p.lineTo(x, y) : p.moveTo(x, y)));
-        p.stroke();
-      }
-    }
+    drawStrokes(p, strokes, LINE, "#111827");
     const q = preview.getContext("2d");
     const c = preview.width / CELLS;
     grid().forEach((v, i) => {
