@@ -107,6 +107,7 @@ class Runner:
         # Rows per chunk that fitted after an out-of-memory error: later calls start there.
         # Runner state, so the user's max_rows option is never rewritten.
         self.fitted_rows: int | None = None
+        self._flags_held = False  # inside run(): MC flags entered once for the whole call
 
     # ------------------------------------------------------------------ planning
 
@@ -141,16 +142,33 @@ class Runner:
         self.stats.chunk_rows.append(rows)
         return out
 
+    @contextmanager
+    def _mc(self) -> Iterator[None]:
+        """:func:`mc_flags` on the model, or nothing when a caller up the stack already
+        holds them (:meth:`run` holds them for its planning and all its chunks)."""
+        if self._flags_held:
+            yield
+            return
+        self._flags_held = True
+        try:
+            with mc_flags(self.model):
+                yield
+        finally:
+            self._flags_held = False
+
     def run(self, groups: list[Group], keep: bool) -> None:
-        """All samples of ``groups``, folded into their accumulators."""
-        work = self.begin(groups, keep)
-        while not self.step(work):
-            pass
+        """All samples of ``groups``, folded into their accumulators, under one entry into
+        MC flags (a stepped run, :meth:`begin` and :meth:`step`, enters them per chunk, as
+        other work may use the model in between)."""
+        with self._mc():
+            work = self.begin(groups, keep)
+            while not self.step(work):
+                pass
 
     def begin(self, groups: list[Group], keep: bool) -> RunWork:
         """Plan ``groups`` and give them empty accumulators; :meth:`step` then runs them one
         forward chunk at a time (a caller may interleave other work between chunks, or stop)."""
-        with mc_flags(self.model):
+        with self._mc():
             plans = [self.plan(g.x) for g in groups]
         self.stats = RunStats()  # the passes of this call, not those of planning
         # One plan per chunk keeps the shared forward well-defined.
@@ -177,7 +195,7 @@ class Runner:
             work.pending = [(g, g.start, g.start + g.samples) for g in groups]
         segs = _next_chunk(work.pending, work.budget)
         self.stats = work.stats  # interleaved runs: the stats of the one that ran last
-        with mc_flags(self.model):
+        with self._mc():
             self._run_chunk(plan, segs, work.keep)
         if not work.pending:
             work.part += 1
