@@ -125,6 +125,19 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "mcdrop_grpc_requests_total",
+            "gRPC calls by method and status code (a streamed request counts once).",
+            ("method", "code"),
+            registry=r,
+        )
+        self.grpc_latency = Histogram(
+            "mcdrop_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer, by method.",
+            ("method",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_time = Histogram(
             "mcdrop_queue_wait_seconds",
             "Time a prediction waited in its model's queue before its batch started.",

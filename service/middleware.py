@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zlib
-from datetime import datetime, timezone
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import otel, tracing
+from service.access_log import access_log, write_access_line
 from service.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -23,7 +22,6 @@ from service.metrics import ServiceMetrics
 
 __all__ = ["BodyLimitMiddleware", "AccessLogMiddleware", "METHODS", "method_label"]
 
-access_log = logging.getLogger("mcdrop.access")
 
 # The method label's values: HTTP's registered methods, and "other" for any other token a
 # client sends (h11 and httptools accept any), so a client cannot add series at will.
@@ -205,22 +203,16 @@ class AccessLogMiddleware:
         self.metrics.latency.labels(route).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
-            access_log.info(
-                json.dumps(
-                    {
-                        "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                        "method": method[:16],
-                        "path": scope.get("path", ""),
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "bytes": sent,
-                        "client": f"{client[0]}:{client[1]}" if client else None,
-                        "request_id": ctx.request_id,
-                        "trace_id": ctx.trace_id,
-                    }
-                )
-            )
+            fields = {
+                "method": method[:16],
+                "path": scope.get("path", ""),
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "bytes": sent,
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            }
+            write_access_line(fields, ctx)
 
 
 def _with_ids(message: Message, ctx: tracing.RequestContext) -> Message:

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 import mcdrop
 from service import model_info, tracing
+from service.access_log import write_access_line
 from service.errors import (
     INTERNAL_ERROR_MESSAGE,
     BadRequest,
@@ -36,7 +38,7 @@ from service.errors import (
     shown,
 )
 from service.grpc import codec
-from service.grpc.schema import message_class
+from service.grpc.schema import SERVICE, message_class
 from service.plane import DataPlane
 from service.settings import Settings
 
@@ -109,8 +111,10 @@ def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
         async def call(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             # The request id and trace context, as HTTP's: in every log line of the call,
             # and echoed in the trailing metadata (x-request-id, traceparent).
+            start = time.perf_counter()
             meta = dict(context.invocation_metadata() or ())
             ctx, token = tracing.start(meta.get("x-request-id"), meta.get("traceparent"))
+            code = grpc.StatusCode.OK
             try:
                 if protected:
                     _check_key(self.settings.api_key, context)
@@ -118,13 +122,18 @@ def rpc(*, protected: bool) -> Callable[[Handler], Handler]:
                 if method.__name__ == "ModelInfer":
                     tracing.adopt_body_id(request.id or None)
                 return await method(self, request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:
                 code, message = status_of(exc, method.__name__)
                 await context.abort(code, message, trailing_metadata=_echo(ctx))
             finally:
                 context.set_trailing_metadata(_echo(ctx))
+                self.record(method.__name__, code, time.perf_counter() - start, ctx, context)
                 tracing.finish(token)
 
         return call
@@ -149,6 +158,29 @@ class Servicer:
     def __init__(self, plane: DataPlane, settings: Settings) -> None:
         self.plane = plane
         self.settings = settings
+
+    def record(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        elapsed: float,
+        ctx: tracing.RequestContext,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Count a call (or one request of a stream) in ``mcdrop_grpc_requests_total`` and
+        its duration, and write its access line (the shape of HTTP's)."""
+        metrics = self.plane.metrics
+        metrics.grpc_requests.labels(method, code.name).inc()
+        metrics.grpc_latency.labels(method).observe(elapsed)
+        fields = {
+            "method": "gRPC",
+            "path": f"/{SERVICE}/{method}",
+            "route": f"/{SERVICE}/{method}",
+            "status": code.name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "client": context.peer(),
+        }
+        write_access_line(fields, ctx)
 
     # -------------------------------------------------------------- health, metadata
 
@@ -197,18 +229,26 @@ class Servicer:
         except Unauthorized as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
         answers: asyncio.Queue[Any] = asyncio.Queue()
+        meta = dict(context.invocation_metadata() or ())
         end = object()  # put after the last request was read
         tasks: set[asyncio.Future[None]] = set()
 
         async def answer(raw: bytes) -> None:
             stream, request = _Msg["ModelStreamInferResponse"], None
+            start, code = time.perf_counter(), grpc.StatusCode.OK
+            ctx, token = tracing.start(meta.get("x-request-id"), meta.get("traceparent"))
             try:
                 request = _parse("ModelInfer", raw)
+                tracing.adopt_body_id(request.id or None)
                 resp = stream(infer_response=await self._infer(request, context))
             except Exception as exc:
-                resp = stream(error_message=status_of(exc, "ModelStreamInfer")[1])
+                code, message = status_of(exc, "ModelStreamInfer")
+                resp = stream(error_message=message)
                 if request is not None and request.id:  # which request failed
                     resp.infer_response.id = request.id
+            finally:
+                self.record("ModelStreamInfer", code, time.perf_counter() - start, ctx, context)
+                tracing.finish(token)
             await answers.put(resp)
 
         async def read() -> None:

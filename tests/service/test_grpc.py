@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import logging
 import queue
 import shutil
 import time
@@ -25,7 +27,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 from docs.doctools import examples, output_problems
-from helpers.live_server import ROOT, free_port, live_server
+from helpers.live_server import ROOT, free_port, live_server, metric
 from helpers.token_repo import make_token_repo
 from svc_helpers import FEATURES, write_tiny_repo
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -264,6 +266,52 @@ def test_stream_infer(server: Server) -> None:
     for rid, model in (("a", "reg"), ("c", "clf")):
         want = _http_outputs(server, model, X, {"mc_samples": 24, "seed": 11})
         np.testing.assert_allclose(ok[rid].as_numpy("mean"), want["mean"], rtol=1e-6, atol=1e-6)
+
+
+def test_calls_are_counted_and_logged(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """Every call, and every request of a stream, counts once in mcdrop_grpc_requests_total
+    by method and status code and writes one access line (HTTP's shape) with its ids."""
+
+    def count(method: str, code: str) -> float:
+        return metric(server.url, f'mcdrop_grpc_requests_total{{code="{code}",method="{method}"}}')
+
+    pairs = [(m, c) for m in ("ModelInfer", "ModelStreamInfer") for c in ("OK", "NOT_FOUND")]
+    before = {k: count(*k) for k in pairs}
+    durations = metric(
+        server.url, 'mcdrop_grpc_request_duration_seconds_count{method="ModelInfer"}'
+    )
+    with caplog.at_level(logging.INFO, logger="mcdrop.access"):
+        server.client.infer("reg", [_input(X)], headers={"x-request-id": "grpc-ok-1"})
+        _status(lambda: server.client.infer("nope", [_input(X)]))
+        got: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        c = tg.InferenceServerClient(server.address)
+        c.start_stream(callback=lambda result, error: got.put((result, error)))
+        try:
+            for rid, model in (("s1", "reg"), ("s2", "nope"), ("s3", "clf")):
+                c.async_stream_infer(model, [_input(X)], request_id=rid)
+            answers = [got.get(timeout=30) for _ in range(3)]
+        finally:
+            c.stop_stream()
+            c.close()
+    assert sum(e is not None for _, e in answers) == 1
+    assert count("ModelInfer", "OK") == before[("ModelInfer", "OK")] + 1
+    assert count("ModelInfer", "NOT_FOUND") == before[("ModelInfer", "NOT_FOUND")] + 1
+    assert count("ModelStreamInfer", "OK") == before[("ModelStreamInfer", "OK")] + 2
+    assert count("ModelStreamInfer", "NOT_FOUND") == before[("ModelStreamInfer", "NOT_FOUND")] + 1
+    assert (
+        metric(server.url, 'mcdrop_grpc_request_duration_seconds_count{method="ModelInfer"}')
+        == durations + 2
+    )
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mcdrop.access"]
+    grpc_lines = [ln for ln in lines if ln["method"] == "gRPC"]
+    unary = [ln for ln in grpc_lines if ln["route"].endswith("/ModelInfer")]
+    assert [ln["status"] for ln in unary] == ["OK", "NOT_FOUND"]
+    assert unary[0]["request_id"] == "grpc-ok-1"
+    assert unary[0]["route"] == "/inference.GRPCInferenceService/ModelInfer"
+    assert {"ts", "duration_ms", "client", "trace_id"} <= set(unary[0])
+    streamed = {ln["request_id"]: ln["status"] for ln in grpc_lines
+                if ln["route"].endswith("/ModelStreamInfer")}  # fmt: skip
+    assert streamed == {"s1": "OK", "s2": "NOT_FOUND", "s3": "OK"}  # the v2 id is the request id
 
 
 def test_aio_client(server: Server) -> None:

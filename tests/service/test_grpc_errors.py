@@ -22,6 +22,7 @@ from service.errors import (
 )
 from service.grpc.schema import message_class
 from service.grpc.servicer import Servicer
+from service.metrics import ServiceMetrics
 from service.settings import Settings
 
 REQUEST = message_class("ModelInferRequest")(model_name="m").SerializeToString()
@@ -45,6 +46,9 @@ class Context:
     def time_remaining(self) -> float | None:
         return None
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
     def set_trailing_metadata(self, metadata: Any) -> None:
         self.trailing = metadata
 
@@ -57,6 +61,7 @@ class Plane:
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+        self.metrics = ServiceMetrics()
 
     def refuse_if_busy(self, name: str) -> None:
         raise self.exc
@@ -66,6 +71,10 @@ def _abort(exc: BaseException, key: str | None = None, metadata: Any = ()) -> Ab
     servicer = Servicer(Plane(exc), Settings(api_key=key))  # type: ignore[arg-type]
     with pytest.raises(Aborted) as info:
         asyncio.run(servicer.ModelInfer(REQUEST, Context(metadata)))
+    # the failed call is counted once, under the status it got
+    labels = {"method": "ModelInfer", "code": info.value.code.name}
+    registry = servicer.plane.metrics.registry
+    assert registry.get_sample_value("mcdrop_grpc_requests_total", labels) == 1
     return info.value
 
 
