@@ -9,6 +9,7 @@ refuses too many arrays, objects or keys, or too deep a nesting, from the raw by
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class BodyBounds:
     shape: tuple[int, ...]
 
 
+# Cached: the same few arguments on every request of a model (a frozen result); a new
+# model or setting is a new key.
+@functools.lru_cache(maxsize=1024)
 def body_bounds(
     model: str,
     input_shape: Sequence[int],
