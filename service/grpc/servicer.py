@@ -241,6 +241,9 @@ class Servicer:
                 request = _parse("ModelInfer", raw)
                 tracing.adopt_body_id(request.id or None)
                 resp = stream(infer_response=await self._infer(request, context))
+            except asyncio.CancelledError:  # the client went away (or the server stops)
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as exc:
                 code, message = status_of(exc, "ModelStreamInfer")
                 resp = stream(error_message=message)

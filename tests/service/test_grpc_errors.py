@@ -110,3 +110,37 @@ def test_the_key_is_checked_before_anything_else() -> None:
     assert _abort(busy, key="k", metadata=wrong).code == grpc.StatusCode.UNAUTHENTICATED
     right = (("authorization", "bearer k"),)  # the scheme is case-insensitive, as on HTTP
     assert _abort(busy, key="k", metadata=right).code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_streamed_request_the_client_abandons_counts_as_cancelled() -> None:
+    """A stream whose client goes away while a request is still being answered: that
+    request is withdrawn and counted CANCELLED, not OK."""
+    servicer = Servicer(Plane(QueueFull("unused")), Settings())  # type: ignore[arg-type]
+    started = asyncio.Event()
+
+    async def never_answers(request: Any, context: Any) -> Any:
+        started.set()
+        await asyncio.sleep(3600)
+
+    servicer._infer = never_answers  # type: ignore[method-assign]
+
+    async def run() -> None:
+        async def requests() -> Any:
+            yield REQUEST
+            await asyncio.sleep(3600)  # the stream stays open
+
+        stream = servicer.ModelStreamInfer(requests(), Context())
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.wait_for(started.wait(), 5)
+        first.cancel()  # the client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await stream.aclose()
+        await asyncio.sleep(0.05)  # the withdrawn answer's task finishes its cancellation
+
+    asyncio.run(run())
+    registry = servicer.plane.metrics.registry
+    get = registry.get_sample_value
+    labels = {"method": "ModelStreamInfer"}
+    assert get("mcdrop_grpc_requests_total", {**labels, "code": "CANCELLED"}) == 1
+    assert get("mcdrop_grpc_requests_total", {**labels, "code": "OK"}) is None
