@@ -181,14 +181,11 @@ def ensure_env(command: str) -> bool:
         if VENV.exists() and recorded != torch_index():
             say(f"{TORCH_INDEX_ENV} changed: recreating {VENV} so torch comes from the new index")
             shutil.rmtree(VENV)
-        elif ready() and PY.exists():
-            if extra == "[dev]":
-                compile_packages()
-            return True
-        if not venv_usable() and not create_venv():
-            return False
-        if not (ready() or install(extra)):
-            return False
+        if not (ready() and PY.exists()):
+            if not venv_usable() and not create_venv():
+                return False
+            if not (ready() or install(extra)):
+                return False
         if extra == "[dev]":
             compile_packages()
         return True

@@ -93,12 +93,14 @@ def claim_parallel_pool() -> None:
     """Run one multi-threaded torch operation on the calling thread (the server's main
     thread), before any loader thread touches torch.
 
-    OpenMP (libgomp, which torch's CPU wheels use) ties its worker pool to the first thread
-    that opens a parallel region. If that is a loader thread, which exits once its model is
-    warm, every later forward pass in a batcher thread pays for a pool that is no longer
-    kept: digits at S = 100 went from 2.4 to 21.6 ms of CPU per call, and the service from
-    283 to 50 requests/s at concurrency 1 (benchmarks/RESULTS.md). A long-lived thread
-    that opens the first region keeps the pool warm for all the others.
+    OpenMP (libgomp, which torch's CPU wheels use) gives each thread that opens a parallel
+    region a team of its own. The loader threads' teams go when they exit, which leaves the
+    batcher's the only one; libgomp then lets its idle workers spin, the fastest on an idle
+    machine but ruinous when other processes want the cores: the service fell to 0.40-0.51x
+    of its throughput then (to 50 requests/s from 283 on the machine of the fifth session,
+    busy with test suites). With the main thread's team kept, as it was when models loaded
+    on the main thread, the workers sleep between regions instead: 10-35 % slower on an
+    idle machine, steady under contention (benchmarks/RESULTS.md, sixth session).
     """
     a = torch.ones(256, 256)
     torch.mm(a, a)  # a GEMM this size runs on every intra-op thread
