@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -43,6 +44,15 @@ log = logging.getLogger("mcdrop.service")
 DOCS_STATIC_URL = "/static-offline-docs"  # Swagger UI and ReDoc assets (fastapi-offline)
 BEARER_SCHEME = "bearer"
 _PROTECTED = ("/v1/models", "/v2/models", "/v2/repository")  # the routes require_api_key guards
+# FastAPI 0.165 and later instrument every request once a process has an OpenTelemetry
+# provider: a second server span beside the service's own (service.otel), in every trace,
+# and a look for providers on every request (~20 us of a digits prediction's event-loop
+# time, none set). The service records its spans and metrics itself: theirs stay off.
+_FRAMEWORK_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(
@@ -85,6 +95,7 @@ def create_app(
         "Open Inference Protocol v2).",
         lifespan=_lifespan(settings, plane, metrics, background_load),
         static_url=DOCS_STATIC_URL,
+        **_FRAMEWORK_TELEMETRY,
     )
     app.state.settings = settings
     app.state.plane = plane

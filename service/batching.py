@@ -186,6 +186,8 @@ class Batcher(Generic[R]):
         self.max_queue_size = max_queue_size
         self.batching = batching and self.max_batch_rows > 1
         self.metrics = metrics
+        # The depth gauge's child, bound once: it is set twice per request.
+        self._depth = None if metrics is None else metrics.queue_depth.labels(name, version)
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -449,8 +451,8 @@ class Batcher(Generic[R]):
     # ------------------------------------------------------------------ metrics
 
     def _set_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.labels(self.name, self.version).set(len(self._queue))
+        if self._depth is not None:
+            self._depth.set(len(self._queue))
 
     def _count(self, outcome: str) -> None:
         self._counter(outcome)()

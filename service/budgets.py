@@ -17,6 +17,7 @@ number is at most 24 characters plus a separator (float64, e.g.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -181,22 +182,27 @@ def _numbers(model: ModelRuntime, name: str) -> int:
     return 1 if name in PER_ROW_FIELDS else math.prod(model.manifest.output_shape)
 
 
-def _brackets(model: ModelRuntime, name: str) -> int:
-    """Bytes of nesting per row of a statistic written as nested lists: ``[`` ``]`` ``,``
-    per level."""
-    return 3 if name in PER_ROW_FIELDS else 3 * (1 + len(model.manifest.output_shape))
+@functools.lru_cache(maxsize=256)
+def _v1_layout(output_shape: tuple[int, ...], fields: tuple[str, ...]) -> tuple[int, int, int]:
+    """(fixed bytes, bytes per row, bytes per row of one draw) of a v1 answer with ``fields``
+    of a model with ``output_shape``: float64 numbers as nested lists, whose nesting costs
+    ``[`` ``]`` ``,`` per level. Computed once per model (it is checked on every request)."""
+    per_number = JSON_NUMBER_BYTES["FP64"]
+    out = math.prod(output_shape)
+    level = 3 * (1 + len(output_shape))
+    fixed, per_row = _FIXED_BYTES, 0
+    for name in fields:
+        fixed += 64
+        per_row += per_number + 3 if name in PER_ROW_FIELDS else out * per_number + level
+    return fixed, per_row, out * per_number + level
 
 
 def v1_answer_bytes(model: ModelRuntime, rows: int, samples: int, draws: bool) -> int:
     """Upper bound of the bytes of a v1 answer (float64 numbers as nested lists)."""
-    per_number = JSON_NUMBER_BYTES["FP64"]
-    size = _FIXED_BYTES
-    for name in model.output_fields():
-        size += 64 + rows * (_numbers(model, name) * per_number + _brackets(model, name))
+    fixed, per_row, per_draw_row = _v1_layout(model.manifest.output_shape, model.output_fields())
+    size = fixed + rows * per_row
     if draws:
-        out = math.prod(model.manifest.output_shape)
-        level = 3 * (1 + len(model.manifest.output_shape))
-        size += samples * (3 + rows * (out * per_number + level))
+        size += samples * (3 + rows * per_draw_row)
     return size
 
 

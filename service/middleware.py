@@ -35,11 +35,17 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _headers(scope: Scope, first: bytes, second: bytes) -> tuple[str | None, str | None]:
+    """The values of two headers (the first of each name), in one pass over the list."""
+    a = b = None
     for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+        key = key.lower()
+        if key == first:
+            if a is None:
+                a = str(value.decode("latin-1"))
+        elif key == second and b is None:
+            b = str(value.decode("latin-1"))
+    return a, b
 
 
 class BodyLimitMiddleware:
@@ -56,9 +62,8 @@ class BodyLimitMiddleware:
             "(MCDROP_MAX_BODY_BYTES); send fewer rows per request"
         )
 
-    def _check_declared(self, scope: Scope) -> None:
+    def _check_declared(self, declared: str | None) -> None:
         """413 up front when the (possibly compressed) Content-Length is over the limit."""
-        declared = _header(scope, b"content-length")
         if declared is None:
             return
         try:
@@ -72,9 +77,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        length, encoding = _headers(scope, b"content-length", b"content-encoding")
         try:
-            self._check_declared(scope)
-            inflater = _inflater(_header(scope, b"content-encoding"))
+            self._check_declared(length)
+            inflater = _inflater(encoding)
         except (BadRequest, PayloadTooLarge, UnsupportedMediaType) as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -155,6 +161,10 @@ class AccessLogMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, method, status) -> the counter's increment and the histogram's observe,
+        # bound once: prometheus_client's labels() checks and locks on every call. As
+        # bounded as the labels are (route templates, METHODS, status codes).
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -163,7 +173,7 @@ class AccessLogMiddleware:
         start = time.perf_counter()
         status = 500
         sent = 0
-        ctx, token = tracing.start(_header(scope, b"x-request-id"), _header(scope, b"traceparent"))
+        ctx, token = tracing.start(*_headers(scope, b"x-request-id", b"traceparent"))
         method = method_label(str(scope.get("method", "")))
         spans = otel.active()
         if spans is not None:
@@ -199,8 +209,15 @@ class AccessLogMiddleware:
         ctx: tracing.RequestContext,
     ) -> None:
         method = str(scope.get("method", ""))
-        self.metrics.requests.labels(route, method_label(method), str(status)).inc()
-        self.metrics.latency.labels(route).observe(elapsed)
+        key = (route, method_label(method), str(status))
+        series = self._series.get(key)
+        if series is None:
+            m = self.metrics
+            series = (m.requests.labels(*key).inc, m.latency.labels(route).observe)
+            self._series[key] = series
+        inc, observe = series
+        inc()
+        observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             fields = {

@@ -115,23 +115,19 @@ class ModelRuntime:
     ready: bool = False
     audit: dict[str, Any] | None = None  # the dropout audit's summary, made at warm-up
     budget: ComputeBudget | None = None  # the compute budget per request, measured at warm-up
+    manifest: Manifest = field(init=False, repr=False)  # the loaded model's, validated
+    name: str = field(init=False)  # the manifest's name
     _fields: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        # Plain attributes, not properties over ``loaded``: read a dozen times per request,
+        # and a runtime's model never changes (a reload makes a new runtime).
+        self.manifest = self.loaded.manifest
+        self.name = self.manifest.name
         task_fields = (
             CLASSIFICATION_FIELDS if self.manifest.task == "classification" else REGRESSION_FIELDS
         )
         self._fields = COMMON_FIELDS + task_fields
-
-    @property
-    def manifest(self) -> Manifest:
-        """The model's validated manifest."""
-        return self.loaded.manifest
-
-    @property
-    def name(self) -> str:
-        """The model's name."""
-        return self.manifest.name
 
     @property
     def batch_rows(self) -> int:

@@ -49,12 +49,14 @@ _rng = random.Random()
 os.register_at_fork(after_in_child=_rng.seed)
 
 
-def _hex(bits: int) -> str:
-    """``bits`` random bits as lowercase hex, never all zeros (W3C forbids zero ids)."""
+def _fresh_ids() -> tuple[str, str, str]:
+    """A request id, a trace id (32 lowercase hex digits each) and a span id (16), from one
+    draw (a request needs all three or two of them), none all zeros (W3C forbids zero ids)."""
     while True:
-        value = _rng.getrandbits(bits)
-        if value:
-            return f"{value:0{bits // 4}x}"
+        digits = f"{_rng.getrandbits(320):080x}"
+        rid, trace, span = digits[:32], digits[32:64], digits[64:]
+        if rid != _ZERO_TRACE and trace != _ZERO_TRACE and span != _ZERO_SPAN:
+            return rid, trace, span
 
 
 @dataclass
@@ -133,15 +135,15 @@ def start(request_id: str | None, traceparent: str | None) -> tuple[RequestConte
     """
     rid = clean_request_id(request_id)
     parsed = parse_traceparent(traceparent)
-    if parsed is None:
-        trace, parent, flags = _hex(128), None, "00"
-    else:
+    new_rid, trace, span = _fresh_ids()
+    parent, flags = None, "00"
+    if parsed is not None:
         trace, parent, flags = parsed
     ctx = RequestContext(
-        request_id=rid if rid is not None else _hex(128),
+        request_id=rid if rid is not None else new_rid,
         given=rid is not None,
         trace_id=trace,
-        span_id=_hex(64),
+        span_id=span,
         parent_id=parent,
         flags=flags,
     )
