@@ -9,8 +9,9 @@ tree's app (``service.app.create_app`` over a one-model repository) runs in a wo
 process of its own, with no server and no sockets: the worker drives the ASGI app with
 ``POST /v1/models/{model}/predict`` requests one after another on one event loop. Per
 request it reports the event loop's thread CPU (``time.thread_time``: routing, middleware,
-parsing, codecs, the submit and the wake-up), the whole process's CPU (the batcher and
-engine threads too) and the wall time. Rounds visit the trees in ABBA order; reported are
+parsing, codecs, the submit and the wake-up), the batcher threads' (the engine's Python and
+the torch calls it makes), the other threads' (torch's OpenMP workers, spinning included),
+the whole process's and the wall time. Rounds visit the trees in ABBA order; reported are
 each tree's medians and the ratio to the first tree.
 
     git worktree add /tmp/before ca4e879
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs inside the worker (the tree's own code on sys.path): reads "N" lines from stdin and
 # answers each with one JSON line of per-request figures over N requests.
 WORKER = r"""
-import asyncio, json, sys, time
+import asyncio, json, sys, threading, time
 
 from service.app import create_app
 
@@ -100,16 +101,24 @@ async def main():
     else:
         raise SystemExit("the app never became ready")
     print(json.dumps({"ready": True}), flush=True)
-    loop = asyncio.get_running_loop()
+    engine = [time.pthread_getcpuclockid(t.ident) for t in threading.enumerate()
+              if t.name.startswith("mcdrop-batcher")]
+
+    def engine_time():
+        return sum(time.clock_gettime(c) for c in engine)
+
     for line in sys.stdin:
         n = int(line)
         codes = set()
-        t0, p0, w0 = time.thread_time(), time.process_time(), time.perf_counter()
+        t0, p0, w0, e0 = time.thread_time(), time.process_time(), time.perf_counter(), engine_time()
         for _ in range(n):
             codes.add(await call(app, "POST", PATH, BODY))
-        t1, p1, w1 = time.thread_time(), time.process_time(), time.perf_counter()
-        print(json.dumps({"loop_ms": (t1 - t0) / n * 1e3, "process_ms": (p1 - p0) / n * 1e3,
-                          "wall_ms": (w1 - w0) / n * 1e3, "codes": sorted(codes)}), flush=True)
+        t1, p1, w1, e1 = time.thread_time(), time.process_time(), time.perf_counter(), engine_time()
+        loop, batcher = (t1 - t0) / n * 1e3, (e1 - e0) / n * 1e3
+        print(json.dumps({"loop_ms": loop, "batcher_ms": batcher,
+                          "other_ms": (p1 - p0) / n * 1e3 - loop - batcher,
+                          "process_ms": (p1 - p0) / n * 1e3, "wall_ms": (w1 - w0) / n * 1e3,
+                          "codes": sorted(codes)}), flush=True)
     stopping.set()
     await life
 
@@ -220,16 +229,21 @@ def _input_shape(folder: Path) -> list[int]:
     return list(load_manifest(folder).input_shape)
 
 
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}" if base > 1e-3 else "-"
+
+
 def table(rows: dict[str, list[dict[str, Any]]], first: str) -> str:
     """Markdown: each tree's median per-request figures and ratios to ``first``."""
-    keys = ("loop_ms", "process_ms", "wall_ms")
+    keys = ("loop_ms", "batcher_ms", "other_ms", "process_ms", "wall_ms")
     med = {n: {k: statistics.median(r[k] for r in rs) for k in keys} for n, rs in rows.items()}
-    lines = ["| tree | loop CPU ms (ratio; range) | process CPU ms (ratio) | wall ms (ratio) |",
-             "|---|---|---|---|"]  # fmt: skip
+    lines = ["| tree | event loop CPU ms (ratio; range) | batcher thread CPU ms (ratio) | "
+             "other threads CPU ms (ratio) | process CPU ms (ratio) | wall ms (ratio) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for n, rs in rows.items():
         lo = min(r["loop_ms"] for r in rs)
         hi = max(r["loop_ms"] for r in rs)
-        cells = [f"{med[n][k]:.3f} ({med[n][k] / med[first][k]:.2f})" for k in keys]
+        cells = [f"{med[n][k]:.3f} ({_ratio(med[n][k], med[first][k])})" for k in keys]
         cells[0] = cells[0][:-1] + f"; {lo:.3f}-{hi:.3f})"
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

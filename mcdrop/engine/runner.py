@@ -168,8 +168,11 @@ class Runner:
     def begin(self, groups: list[Group], keep: bool) -> RunWork:
         """Plan ``groups`` and give them empty accumulators; :meth:`step` then runs them one
         forward chunk at a time (a caller may interleave other work between chunks, or stop)."""
-        with self._mc():
-            plans = [self.plan(g.x) for g in groups]
+        # Made before, as a rule: then nothing runs and MC flags need not be entered.
+        plans = [p for g in groups if (p := self.planner.cached(g.x)) is not None]
+        if len(plans) < len(groups):  # planning runs the model
+            with self._mc():
+                plans = [self.plan(g.x) for g in groups]
         self.stats = RunStats()  # the passes of this call, not those of planning
         # One plan per chunk keeps the shared forward well-defined.
         if len({id(p) for p in plans}) > 1:
