@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import anyio
 import numpy as np
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import BadRequest, PayloadTooLarge, Unprocessable
 
@@ -97,27 +97,38 @@ async def read_body(request: Request, bounds: BodyBounds) -> bytes:
     Unprocessable
         Too many arrays, objects or keys.
     """
-    declared = request.headers.get("content-length")
+    headers = request.headers
+    declared = headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > bounds.max_bytes:
         raise _too_large(bounds)
+    # The ASGI messages read here rather than through request.stream(), an async generator
+    # (a third of this function's time on a one-row request): the same messages, the same
+    # ClientDisconnect.
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > bounds.max_bytes:
             raise _too_large(bounds)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    head = _json_part(request, body)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    head = _json_part(headers.get(_BINARY_HEADER), body)
     if _over(head, bounds):  # rare (hostile, or strings full of brackets): off the loop
         await anyio.to_thread.run_sync(prescan, head, bounds)
     request._body = body  # Starlette's own cache, which request.body() returns
     return body
 
 
-def _json_part(request: Request, body: bytes) -> bytes:
-    """The JSON of a body: all of it, or a binary-extension body's header."""
-    declared = request.headers.get(_BINARY_HEADER)
+def _json_part(declared: str | None, body: bytes) -> bytes:
+    """The JSON of a body: all of it, or a binary-extension body's header (``declared``:
+    the binary extension's header-length header, if sent)."""
     if declared is not None and declared.strip().isdigit():
         return body[: int(declared)]
     return body
