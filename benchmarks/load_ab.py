@@ -8,8 +8,10 @@ Every variant's ``mcdrop serve`` runs at once (its own port, ``PYTHONPATH`` = it
 same model folder), idle while another is measured. Each round drives every variant in
 turn with the same closed-loop phase (wrk when installed, else httpx; ``--seconds`` long),
 in ABBA order, so a change in the machine's load hits all alike. Reported: each variant's
-median throughput and p50/p95 over the rounds, its ratio to the first variant, and the
-spread of the per-round ratios.
+median throughput and p50/p95 over the rounds, its ratio to the first variant, the
+spread of the per-round ratios, and the server's CPU time per answered request (all its
+threads, from /proc: a cost that moves far less than throughput when other processes
+take the cores).
 
     # the page on and off (issue 17: the page adds nothing to the prediction hot path)
     python benchmarks/load_ab.py --variant page=.,MCDROP_PAGE=true \\
@@ -72,11 +74,26 @@ def one_model_repo(models_dir: Path, model: str, into: Path) -> Path:
     return into
 
 
-def _phase(args: Any, url: str, path: str, payload: dict[str, Any], c: int) -> dict[str, float]:
-    r = asyncio.run(_load_phase(args, url, path, payload, c, max(args.requests, 4 * c)))
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (/proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14 and 15)
+
+
+def _phase(
+    args: Any, server: ServerProcess, path: str, payload: dict[str, Any], c: int
+) -> dict[str, float]:
+    cpu0 = cpu_seconds(server.proc.pid)
+    r = asyncio.run(_load_phase(args, server.url, path, payload, c, max(args.requests, 4 * c)))
+    cpu = cpu_seconds(server.proc.pid) - cpu0
     errors = sum(v for k, v in r.statuses.items() if k != "200")
+    answered = max(1, r.statuses.get("200", 0))
     return {"rps": r.throughput(), "p50_ms": r.pct(50) * 1e3, "p95_ms": r.pct(95) * 1e3,
-            "errors": errors}  # fmt: skip
+            "errors": errors, "cpu_ms": cpu / answered * 1e3}  # fmt: skip
 
 
 def measure(
@@ -89,7 +106,7 @@ def measure(
         out[c] = {n: [] for n in names}
         for r in range(args.rounds):
             for n in names if r % 2 == 0 else names[::-1]:
-                out[c][n].append(_phase(args, servers[n].url, path, payload, c))
+                out[c][n].append(_phase(args, servers[n], path, payload, c))
         first = out[c][names[0]]
         print(f"# c={c}: " + ", ".join(
             f"{n} {statistics.median(x['rps'] for x in out[c][n]):.0f} req/s" for n in names
@@ -104,7 +121,9 @@ def summary(results: dict[int, dict[str, list[dict[str, float]]]]) -> list[dict[
     for c, by in results.items():
         names = list(by)
         base = [x["rps"] for x in by[names[0]]]
+        base_cpu = statistics.median(x["cpu_ms"] for x in by[names[0]])
         for n in names:
+            cpu = statistics.median(x["cpu_ms"] for x in by[n])
             rps = [x["rps"] for x in by[n]]
             per_round = [a / b if b else float("nan") for a, b in zip(rps, base)]
             rows.append({
@@ -116,6 +135,7 @@ def summary(results: dict[int, dict[str, list[dict[str, float]]]]) -> list[dict[
                 "ratio": statistics.median(rps) / statistics.median(base),
                 "round_ratio": statistics.median(per_round),
                 "round_min": min(per_round), "round_max": max(per_round),
+                "cpu_ms": cpu, "cpu_ratio": cpu / base_cpu if base_cpu else float("nan"),
             })  # fmt: skip
     return rows
 
@@ -123,13 +143,14 @@ def summary(results: dict[int, dict[str, list[dict[str, float]]]]) -> list[dict[
 def table(rows: list[dict[str, Any]], first: str) -> str:
     out = (
         f"| concurrency | variant | req/s, median (min-max) | p50 ms | p95 ms | / {first} "
-        "| per-round ratio, median (min-max) | errors |\n|---|---|---|---|---|---|---|---|\n"
+        "| per-round ratio, median (min-max) | server CPU ms per answer (ratio) | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
     )
     for r in rows:
         out += (f"| {r['concurrency']} | {r['variant']} | {r['rps']:.0f} ({r['rps_min']:.0f}-"
                 f"{r['rps_max']:.0f}) | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['ratio']:.3f}"
                 f" | {r['round_ratio']:.3f} ({r['round_min']:.3f}-{r['round_max']:.3f}) | "
-                f"{r['errors']} |\n")  # fmt: skip
+                f"{r['cpu_ms']:.2f} ({r['cpu_ratio']:.2f}) | {r['errors']} |\n")  # fmt: skip
     return out
 
 
@@ -166,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             # What each variant serves at GET / (the page, or a 404 where it is off).
             root = {n: httpx.get(s.url + "/", timeout=10).status_code for n, s in servers.items()}
             for s in servers.values():  # warm every server alike
-                _phase(args, s.url, path, payload, 4)
+                _phase(args, s, path, payload, 4)
             results = measure(servers, payload, path, args)
         finally:
             for s in servers.values():
