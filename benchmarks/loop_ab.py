@@ -3,11 +3,13 @@
 that does not need the machine quiet.
 
 Throughput on this shared 2-core CPU moves by 2x between neighbouring runs of the same code
-(``benchmarks/load_ab.py`` interleaves servers to cope); CPU time per request moves far
-less, because a thread's CPU clock does not run while another process has the core. Each
+(``benchmarks/load_ab.py`` interleaves servers to cope); CPU time per request moves less,
+because a thread's CPU clock does not run while another process has the core (on a host
+whose hypervisor steals time it still moves by tens of per cent: use many rounds). Each
 tree's app (``service.app.create_app`` over a one-model repository) runs in a worker
 process of its own, with no server and no sockets: the worker drives the ASGI app with
-``POST /v1/models/{model}/predict`` requests one after another on one event loop. Per
+``POST /v1/models/{model}/predict`` requests on one event loop, from ``--concurrency``
+closed-loop clients (one by default: one request after another). Per
 request it reports the event loop's thread CPU (``time.thread_time``: routing, middleware,
 parsing, codecs, the submit and the wake-up), the batcher threads' (the engine's Python and
 the torch calls it makes), the other threads' (torch's OpenMP workers, spinning included),
@@ -107,12 +109,17 @@ async def main():
     def engine_time():
         return sum(time.clock_gettime(c) for c in engine)
 
-    for line in sys.stdin:
-        n = int(line)
-        codes = set()
-        t0, p0, w0, e0 = time.thread_time(), time.process_time(), time.perf_counter(), engine_time()
-        for _ in range(n):
+    codes = set()
+
+    async def client(count):  # one closed-loop client: a request, its answer, the next
+        for _ in range(count):
             codes.add(await call(app, "POST", PATH, BODY))
+
+    for line in sys.stdin:
+        n, c = map(int, line.split())
+        codes.clear()
+        t0, p0, w0, e0 = time.thread_time(), time.process_time(), time.perf_counter(), engine_time()
+        await asyncio.gather(*(client(n // c + (i < n % c)) for i in range(c)))
         t1, p1, w1, e1 = time.thread_time(), time.process_time(), time.perf_counter(), engine_time()
         loop, batcher = (t1 - t0) / n * 1e3, (e1 - e0) / n * 1e3
         print(json.dumps({"loop_ms": loop, "batcher_ms": batcher,
@@ -154,9 +161,9 @@ class Worker:
         out: dict[str, Any] = json.loads(line)
         return out
 
-    def run(self, n: int) -> dict[str, Any]:
+    def run(self, n: int, concurrency: int) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.write(f"{n} {concurrency}\n")
         self.proc.stdin.flush()
         out = self._read()
         if out["codes"] != [200]:
@@ -186,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--requests", type=int, default=1000, help="requests per tree per round")
     ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="closed-loop clients on the worker's event loop (the batcher then "
+                    "groups their requests)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args(argv)
     trees = []
@@ -194,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name or not Path(path).is_dir():
             raise SystemExit(f"--tree {spec!r}: expected NAME=PATH to a source tree")
         trees.append((name, Path(path).resolve()))
-    if args.rounds < 1 or args.requests < 1:
-        raise SystemExit("--rounds and --requests must be at least 1")
+    if args.rounds < 1 or args.requests < 1 or not 1 <= args.concurrency <= args.requests:
+        raise SystemExit(
+            "--rounds, --requests and --concurrency must be at least 1 "
+            "(and --concurrency at most --requests)"
+        )
     with tempfile.TemporaryDirectory(prefix="mcdrop-loop-ab-") as tmp:
         repo = Path(tmp)
         shutil.copytree(args.models_dir / args.model, repo / args.model)
@@ -206,12 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         workers = [Worker(n, t, repo, path, body) for n, t in trees]
         try:
             for w in workers:
-                w.run(args.warmup)
+                w.run(args.warmup, args.concurrency)
             rows: dict[str, list[dict[str, Any]]] = {w.name: [] for w in workers}
             for r in range(args.rounds):
                 order = workers if r % 2 == 0 else workers[::-1]
                 for w in order:
-                    rows[w.name].append(w.run(args.requests))
+                    rows[w.name].append(w.run(args.requests, args.concurrency))
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                     f"{w.name} {rows[w.name][-1]['loop_ms']:.3f}" for w in workers) +
                     " ms loop CPU per request", file=sys.stderr, flush=True)  # fmt: skip

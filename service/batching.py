@@ -429,16 +429,28 @@ class Batcher(Generic[R]):
             results = [run.error] * len(run.items)
         elif run.abandoned:
             results = [None] * len(run.items)
+        self._answer(run, results, compute_ns, end)
+
+    def _answer(self, run: _Running, results: Sequence[Any], compute_ns: int, end: float) -> None:
+        """Count the requests of a finished job, then send each its answer or error."""
+        answered: list[tuple[int, int, int, int, Any]] = []
         for it, r in zip(run.items, results, strict=True):
             queue_ns = int((run.began - it.enqueued) * 1e9)
             total_ns = int((end - it.enqueued) * 1e9)
-            if it.cancelled:  # counted by submit() when it gave up
+            # (A cancelled one's outcome was counted by submit() when it gave up.)
+            if it.cancelled or isinstance(r, BaseException):
                 self.stats.failed(total_ns, queue_ns, it.ctx, it.rows, compute_ns)
-            elif isinstance(r, BaseException):
-                self.stats.failed(total_ns, queue_ns, it.ctx, it.rows, compute_ns)
+            else:
+                answered.append((it.rows, r.samples, queue_ns, total_ns, it.ctx))
+        # Counted before any answer is sent, so a client that reads the statistics after its
+        # answer finds its request in them.
+        self.stats.succeeded(compute_ns, answered)
+        for it, r in zip(run.items, results, strict=True):
+            if it.cancelled:
+                continue
+            if isinstance(r, BaseException):
                 self._resolve(it, None, r)
             else:
-                self.stats.succeeded(it.rows, r.samples, queue_ns, compute_ns, total_ns, it.ctx)
                 self._resolve(it, r, None)
 
     def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:

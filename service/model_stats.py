@@ -101,34 +101,44 @@ class ModelStats:
             self._nv[3].inc(calls)
 
     def succeeded(
-        self,
-        rows: int,
-        samples: int,
-        queue_ns: int,
-        compute_ns: int,
-        total_ns: int,
-        ctx: RequestContext | None = None,
+        self, compute_ns: int, answered: list[tuple[int, int, int, int, RequestContext | None]]
     ) -> None:
-        """One request answered: ``rows`` rows of ``samples`` MC samples each (``ctx``: its
-        request, for the OpenTelemetry spans when they are on)."""
-        if ctx is not None and ctx.span is not None:
-            _spans(ctx, (self.name, self.version), rows, queue_ns, compute_ns, total_ns, True)
+        """The requests of one batch answered: per request ``(rows, samples, queue_ns,
+        total_ns, ctx)`` (rows of ``samples`` MC samples each; ``ctx``: its request, for the
+        OpenTelemetry spans when they are on); ``compute_ns``: the batch's engine time.
+
+        Counted for the whole batch at once (one update of each count and series, not one
+        per request); only the queue-wait histogram takes a value per request."""
+        if not answered:
+            return
+        labels = (self.name, self.version)
+        rows = samples = queue_ns = total_ns = 0
+        for r, s, q, t, ctx in answered:
+            if ctx is not None and ctx.span is not None:
+                _spans(ctx, labels, r, q, compute_ns, t, True)
+            rows += r
+            samples += s * r
+            queue_ns += q
+            total_ns += t
+        n = len(answered)
         with self._lock:
             self.inference_count += rows
-            self.success.add(total_ns)
-            self.queue.add(queue_ns)
-            self.compute_infer.add(compute_ns)
+            self.success.add(total_ns, n)
+            self.queue.add(queue_ns, n)
+            self.compute_infer.add(compute_ns * n, n)
             now = time.time_ns()
             self.last_inference_ms = now // 1_000_000
         if self._m is not None:
-            self._queue_time.observe(queue_ns / 1e9)
-            self._mc_samples.inc(samples * rows)
+            observe = self._queue_time.observe
+            for _, _, q, _, _ in answered:
+                observe(q / 1e9)
+            self._mc_samples.inc(samples)
             nv = self._nv
-            nv[0].inc()
+            nv[0].inc(n)
             nv[2].inc(rows)
             nv[4].inc(total_ns / 1000)
             nv[5].inc(queue_ns / 1000)
-            nv[6].inc(compute_ns / 1000)
+            nv[6].inc(compute_ns * n / 1000)
             nv[8].set(now / 1e9)
 
     def failed(
