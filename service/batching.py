@@ -113,6 +113,12 @@ def _settle(
     count()
 
 
+def _settle_all(entries: list[tuple[Any, ...]]) -> None:
+    """:func:`_settle` for each ``(future, pred, exc, count)`` of a batch."""
+    for fut, pred, exc, count in entries:
+        _settle(fut, pred, exc, count)
+
+
 class Batcher(Generic[R]):
     """Queue + worker thread of one model.
 
@@ -445,13 +451,21 @@ class Batcher(Generic[R]):
         # Counted before any answer is sent, so a client that reads the statistics after its
         # answer finds its request in them.
         self.stats.succeeded(compute_ns, answered)
+        # One hand-over per event loop for the whole batch (a wake-up of the loop each, not
+        # one per request).
+        settle: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
         for it, r in zip(run.items, results, strict=True):
             if it.cancelled:
                 continue
-            if isinstance(r, BaseException):
-                self._resolve(it, None, r)
-            else:
-                self._resolve(it, r, None)
+            exc = r if isinstance(r, BaseException) else None
+            pred = None if exc is not None else r
+            count = self._counter("ok" if exc is None else "error")
+            settle.setdefault(it.loop, []).append((it.future, pred, exc, count))
+        for loop, entries in settle.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, entries)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
 
     def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:
         outcome = "ok" if exc is None else "error"
