@@ -28,7 +28,7 @@ import mcdrop
 from mcdrop.errors import McdropError
 from service import control, otel, page, routes_repository, routes_v1, routes_v2
 from service.body import describe_error
-from service.connections import ShutdownAnswerMiddleware, stop_budget
+from service.connections import stop_budget
 from service.direct import DirectRoutes
 from service.errors import ServiceError, Unprocessable, error_response, from_http_status
 from service.grpc import serving as grpc_serving
@@ -124,8 +124,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "traceparent"],
             expose_headers=["X-Request-ID", "traceparent"],  # readable by browser clients
         )
-    # Requests the shutdown cuts get a JSON 503 (inside the access log, which records it).
-    app.add_middleware(ShutdownAnswerMiddleware)
+    # Outermost; it also answers the requests the shutdown cuts with a JSON 503 (and logs it).
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app
 

@@ -22,7 +22,7 @@ per received chunk is a few attribute updates; nothing is done per byte.
 
 Shutdown: uvicorn cancels the requests still running when its graceful-shutdown time
 (``MCDROP_DRAIN_SECONDS``) is over and answers them with a plain-text 500.
-:class:`ShutdownAnswerMiddleware` answers them with the service's JSON 503 instead (the
+:func:`shutdown_answer` is the service's JSON 503 they get instead (the
 protocols note when the server's shutdown began), and :func:`stop_budget` tells the app's
 lifespan how long it may still wait for the engines.
 
@@ -49,10 +49,10 @@ from service.errors import (
     ReadTimeout,
     ServiceError,
     TooManyConnections,
-    TrackedSend,
     error_response,
     status_for,
 )
+from service.responses import FastJSONResponse
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -64,7 +64,7 @@ __all__ = [
     "PARSERS",
     "configure",
     "stop_budget",
-    "ShutdownAnswerMiddleware",
+    "shutdown_answer",
     "H11Guarded",
     "HttpToolsGuarded",
 ]
@@ -207,32 +207,19 @@ async def _busy_app(scope: Any, receive: Any, send: Any) -> None:
     await error_response(_busy())(scope, receive, send)
 
 
-class ShutdownAnswerMiddleware:
-    """A request that the server's shutdown cancels (still running when
-    ``MCDROP_DRAIN_SECONDS`` is over) gets the service's JSON 503, not uvicorn's
-    plain-text 500. Placed just inside the access log, which then records the 503."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        tracked = TrackedSend(send)
-        try:
-            await self.app(scope, receive, tracked)
-        except asyncio.CancelledError:
-            # Only the shutdown's cancellation is answered; a response already begun can
-            # only be cut (uvicorn closes the connection).
-            if _State.draining_since is None or tracked.started:
-                raise
-            exc = ModelNotReady(
-                "the server is shutting down: this request did not finish within "
-                "MCDROP_DRAIN_SECONDS; retry elsewhere"
-            )
-            exc.headers["Connection"] = "close"
-            await error_response(exc)(scope, receive, send)
+def shutdown_answer() -> FastJSONResponse | None:
+    """The JSON 503 (``Connection: close``) for a request that the server's shutdown
+    cancelled (still running when ``MCDROP_DRAIN_SECONDS`` was over), where uvicorn would
+    send a plain-text 500; None when the server is not shutting down (the cancellation is
+    not the shutdown's). The access-log middleware sends it, so the log records the 503."""
+    if _State.draining_since is None:
+        return None
+    exc = ModelNotReady(
+        "the server is shutting down: this request did not finish within "
+        "MCDROP_DRAIN_SECONDS; retry elsewhere"
+    )
+    exc.headers["Connection"] = "close"
+    return error_response(exc)
 
 
 # ------------------------------------------------------------------ the guard

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -11,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import otel, tracing
 from service.access_log import access_log, write_access_line
+from service.connections import shutdown_answer
 from service.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -155,7 +157,9 @@ class AccessLogMiddleware:
     method label one of :data:`METHODS` or "other", so metric cardinality does not grow
     with model names, bad URLs or invented methods. Every response carries
     ``X-Request-ID`` and ``traceparent``; the context is current while the request runs,
-    so its log records name it too.
+    so its log records name it too. A request that the server's shutdown cancels before
+    its response began gets the service's JSON 503
+    (:func:`~service.connections.shutdown_answer`), not uvicorn's plain-text 500.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
@@ -179,10 +183,12 @@ class AccessLogMiddleware:
         if spans is not None:
             spans.begin(ctx, method)
 
+        started = False
+
         async def tracking_send(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, started
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
                 message = _with_ids(message, ctx)
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
@@ -190,6 +196,13 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            # The server's shutdown cut the request: its JSON 503, recorded here (a
+            # response already begun can only be cut; any other cancellation goes on).
+            answer = None if started else shutdown_answer()
+            if answer is None:
+                raise
+            await answer(scope, receive, tracking_send)
         finally:
             route = _route(scope)
             try:
