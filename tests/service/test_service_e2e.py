@@ -287,8 +287,14 @@ def test_workers_share_one_metrics_view_and_clean_up(
     assert [p.name for p in scratch.glob("mcdrop-metrics-*")], "no multiprocess folder"
     n = 12
     for i in range(n):  # new connections: uvicorn's workers share the socket
-        r = httpx.post(s.url + "/v1/models/reg/predict",
-                       json={"inputs": [ROW], "samples": 2, "seed": i}, timeout=20)  # fmt: skip
+        # /health/ready answered from one worker: the other may still be loading (503).
+        deadline = time.monotonic() + 60
+        while True:
+            r = httpx.post(s.url + "/v1/models/reg/predict",
+                           json={"inputs": [ROW], "samples": 2, "seed": i}, timeout=20)  # fmt: skip
+            if r.status_code != 503 or "loading" not in r.text or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert r.status_code == 200, r.text
     name = 'mcdrop_predictions_total{model="reg",outcome="ok",version="1"}'
     lab = '{model="reg",version="1"}'
