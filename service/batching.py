@@ -119,6 +119,14 @@ def _settle_all(entries: list[tuple[Any, ...]]) -> None:
         _settle(fut, pred, exc, count)
 
 
+def _hand_over(loop: asyncio.AbstractEventLoop, entries: list[tuple[Any, ...]]) -> None:
+    """Settle ``entries`` on their event loop (from the worker thread)."""
+    try:
+        loop.call_soon_threadsafe(_settle_all, entries)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
 class Batcher(Generic[R]):
     """Queue + worker thread of one model.
 
@@ -455,24 +463,18 @@ class Batcher(Generic[R]):
         # one per request).
         settle: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
         for it, r in zip(run.items, results, strict=True):
-            if it.cancelled:
-                continue
-            exc = r if isinstance(r, BaseException) else None
-            pred = None if exc is not None else r
-            count = self._counter("ok" if exc is None else "error")
-            settle.setdefault(it.loop, []).append((it.future, pred, exc, count))
+            if not it.cancelled:
+                exc = r if isinstance(r, BaseException) else None
+                settle.setdefault(it.loop, []).append(self._entry(it, None if exc is not None else r, exc))
         for loop, entries in settle.items():
-            try:
-                loop.call_soon_threadsafe(_settle_all, entries)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            _hand_over(loop, entries)
+
+    def _entry(self, it: _Item, pred: R | None, exc: BaseException | None) -> tuple[Any, ...]:
+        """What :func:`_settle` needs to answer ``it``: its future, the answer and the count."""
+        return (it.future, pred, exc, self._counter("ok" if exc is None else "error"))
 
     def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:
-        outcome = "ok" if exc is None else "error"
-        try:
-            it.loop.call_soon_threadsafe(_settle, it.future, pred, exc, self._counter(outcome))
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+        _hand_over(it.loop, [self._entry(it, pred, exc)])
 
     # ------------------------------------------------------------------ metrics
 
