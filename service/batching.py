@@ -465,7 +465,8 @@ class Batcher(Generic[R]):
         for it, r in zip(run.items, results, strict=True):
             if not it.cancelled:
                 exc = r if isinstance(r, BaseException) else None
-                settle.setdefault(it.loop, []).append(self._entry(it, None if exc is not None else r, exc))
+                pred = None if exc is not None else r
+                settle.setdefault(it.loop, []).append(self._entry(it, pred, exc))
         for loop, entries in settle.items():
             _hand_over(loop, entries)
 
