@@ -9,13 +9,15 @@ same model folder), idle while another is measured. Each round drives every vari
 turn with the same closed-loop phase (wrk when installed, else httpx; ``--seconds`` long),
 in ABBA order, so a change in the machine's load hits all alike. Reported: each variant's
 median throughput and p50/p95 over the rounds, its ratio to the first variant, the
-spread of the per-round ratios, and the server's CPU time per answered request (all its
-threads, from /proc: a cost that moves far less than throughput when other processes
-take the cores).
+spread of the per-round ratios, the mean requests per engine call (the batch size, from
+/metrics) and the server's CPU time per answered request (all its threads, from /proc: a
+cost that moves far less than throughput when other processes take the cores).
 
     # the page on and off (issue 17: the page adds nothing to the prediction hot path)
     python benchmarks/load_ab.py --variant page=.,MCDROP_PAGE=true \\
         --variant no-page=.,MCDROP_PAGE=false
+    # gRPC on (the default) and off
+    python benchmarks/load_ab.py --variant grpc=. --variant no-grpc=.,--no-grpc
     # a base commit against this tree
     git worktree add /tmp/before ca4e879
     python benchmarks/load_ab.py --variant before=/tmp/before --variant after=.
@@ -44,27 +46,36 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers.live_server import ServerProcess, start_server  # noqa: E402
 
+Variant = tuple[str, Path, dict[str, str], list[str]]
 
-def parse_variant(spec: str) -> tuple[str, Path, dict[str, str]]:
-    """``NAME=TREE[,KEY=VALUE...]`` -> (name, tree, env)."""
+
+def parse_variant(spec: str) -> Variant:
+    """``NAME=TREE[,MCDROP_KEY=VALUE...][,--flag...]`` -> (name, tree, env, serve flags)."""
     name, _, rest = spec.partition("=")
     tree, *pairs = rest.split(",")
-    env = {}
+    env, flags = {}, []
     for pair in pairs:
+        if pair.startswith("--"):
+            flags.append(pair)
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not key.startswith("MCDROP_"):
-            raise SystemExit(f"--variant {spec!r}: settings are MCDROP_KEY=VALUE, got {pair!r}")
+            raise SystemExit(
+                f"--variant {spec!r}: settings are MCDROP_KEY=VALUE or a --flag, got {pair!r}"
+            )
         env[key] = value
     if not name or not tree:
         raise SystemExit(f"--variant {spec!r}: expected NAME=TREE[,MCDROP_KEY=VALUE...]")
-    return name, Path(tree).resolve(), env
+    return name, Path(tree).resolve(), env, flags
 
 
-def serve(tree: Path, models_dir: Path, env: dict[str, str], timeout: float) -> ServerProcess:
+def serve(
+    tree: Path, models_dir: Path, env: dict[str, str], flags: list[str], timeout: float
+) -> ServerProcess:
     """``mcdrop serve`` from ``tree`` (its own code) on a free port, once its models loaded."""
     log_path = Path(tempfile.mkstemp(prefix="mcdrop-ab-", suffix=".log")[1])
-    return start_server(models_dir, {"MCDROP_LOG_LEVEL": "warning", **env},
-                        log_path=log_path, ready_timeout=timeout, tree=tree)  # fmt: skip
+    return start_server(models_dir, {"MCDROP_LOG_LEVEL": "warning", **env}, log_path=log_path,
+                        ready_timeout=timeout, tree=tree, args=flags)  # fmt: skip
 
 
 def one_model_repo(models_dir: Path, model: str, into: Path) -> Path:
@@ -84,16 +95,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14 and 15)
 
 
+def batches_seen(url: str, model: str) -> tuple[float, float]:
+    """(engine calls, requests in them) for ``model`` so far, from the server's /metrics
+    histogram ``mcdrop_batch_requests`` (its ``_count`` and ``_sum``)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    got = {"_count": 0.0, "_sum": 0.0}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name[len("mcdrop_batch_requests") :] in got and f'model="{model}"' in rest:
+            got[name[len("mcdrop_batch_requests") :]] += float(line.rsplit(" ", 1)[1])
+    return got["_count"], got["_sum"]
+
+
 def _phase(
     args: Any, server: ServerProcess, path: str, payload: dict[str, Any], c: int
 ) -> dict[str, float]:
+    calls0, reqs0 = batches_seen(server.url, args.model)
     cpu0 = cpu_seconds(server.proc.pid)
     r = asyncio.run(_load_phase(args, server.url, path, payload, c, max(args.requests, 4 * c)))
     cpu = cpu_seconds(server.proc.pid) - cpu0
+    calls1, reqs1 = batches_seen(server.url, args.model)
     errors = sum(v for k, v in r.statuses.items() if k != "200")
     answered = max(1, r.statuses.get("200", 0))
+    per_call = (reqs1 - reqs0) / (calls1 - calls0) if calls1 > calls0 else float("nan")
     return {"rps": r.throughput(), "p50_ms": r.pct(50) * 1e3, "p95_ms": r.pct(95) * 1e3,
-            "errors": errors, "cpu_ms": cpu / answered * 1e3}  # fmt: skip
+            "errors": errors, "cpu_ms": cpu / answered * 1e3, "per_batch": per_call}  # fmt: skip
 
 
 def measure(
@@ -136,6 +162,7 @@ def summary(results: dict[int, dict[str, list[dict[str, float]]]]) -> list[dict[
                 "round_ratio": statistics.median(per_round),
                 "round_min": min(per_round), "round_max": max(per_round),
                 "cpu_ms": cpu, "cpu_ratio": cpu / base_cpu if base_cpu else float("nan"),
+                "per_batch": statistics.median(x["per_batch"] for x in by[n]),
             })  # fmt: skip
     return rows
 
@@ -143,21 +170,23 @@ def summary(results: dict[int, dict[str, list[dict[str, float]]]]) -> list[dict[
 def table(rows: list[dict[str, Any]], first: str) -> str:
     out = (
         f"| concurrency | variant | req/s, median (min-max) | p50 ms | p95 ms | / {first} "
-        "| per-round ratio, median (min-max) | server CPU ms per answer (ratio) | errors |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "| per-round ratio, median (min-max) | server CPU ms per answer (ratio) "
+        "| requests per engine call | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     for r in rows:
         out += (f"| {r['concurrency']} | {r['variant']} | {r['rps']:.0f} ({r['rps_min']:.0f}-"
                 f"{r['rps_max']:.0f}) | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['ratio']:.3f}"
                 f" | {r['round_ratio']:.3f} ({r['round_min']:.3f}-{r['round_max']:.3f}) | "
-                f"{r['cpu_ms']:.2f} ({r['cpu_ratio']:.2f}) | {r['errors']} |\n")  # fmt: skip
+                f"{r['cpu_ms']:.2f} ({r['cpu_ratio']:.2f}) | {r['per_batch']:.2f} | "
+                f"{r['errors']} |\n")  # fmt: skip
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--variant", action="append", default=[],
-                    help="NAME=TREE[,MCDROP_KEY=VALUE...] (two or more)")  # fmt: skip
+                    help="NAME=TREE[,MCDROP_KEY=VALUE...][,--flag...] (two or more)")  # fmt: skip
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--model", default="digits")
     ap.add_argument("--samples", type=int, default=100)
@@ -178,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         repo = one_model_repo(args.models_dir.resolve(), args.model, Path(tmp))
         servers: dict[str, ServerProcess] = {}
         try:
-            for name, tree, env in variants:
-                servers[name] = serve(tree, repo, env, timeout=120)
+            for name, tree, env, flags in variants:
+                servers[name] = serve(tree, repo, env, flags, timeout=120)
             first = next(iter(servers.values()))
             meta = httpx.get(f"{first.url}/v1/models/{args.model}", timeout=10).json()
             payload = {"inputs": [sample_row(repo, args.model, meta["input_shape"])],

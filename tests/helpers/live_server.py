@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,9 +175,11 @@ def start_server(
     ready_timeout: float = 60.0,
     until: str = "settled",
     tree: Path = ROOT,
+    args: Sequence[str] = (),
 ) -> ServerProcess:
     """Start ``python -m mcdrop.cli serve`` with ``MCDROP_*`` settings ``env``, running the
-    code of source ``tree`` (this checkout; ``benchmarks/load_ab.py`` passes others).
+    code of source ``tree`` (this checkout; ``benchmarks/load_ab.py`` passes others), with
+    more command-line ``args`` (such as ``--no-grpc``) after the port and model folder.
 
     Returns once loading has finished (:func:`settled`: ``/health/ready`` is 200, or 503
     with only failures); raises RuntimeError with the end of the server's log if it exits
@@ -194,7 +196,7 @@ def start_server(
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="mcdrop-serve-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "mcdrop.cli", "serve", "--port", str(port),
-           "--models-dir", str(models_dir)]  # fmt: skip
+           "--models-dir", str(models_dir), *args]  # fmt: skip
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, cwd=tree, env=full, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", port, log_path, dict(env or {}))
