@@ -41,15 +41,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from mcdrop.prediction import MCRequest
+from service.batch_items import Queued, Running, expire, hand_over
 from service.batch_jobs import EngineJob, Job, OneShot, StartBatch
 from service.errors import ModelNotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 from service.model_stats import ModelStats
-from service.tracing import RequestContext, current
 
 __all__ = ["Batcher", "EngineJob", "Job"]
 
@@ -62,69 +61,6 @@ class _Result(Protocol):
 
 R = TypeVar("R", bound=_Result)
 RunBatch = Callable[[Sequence[MCRequest]], Sequence["R | Exception"]]
-
-
-@dataclass(eq=False)
-class _Item:
-    request: MCRequest
-    rows: int
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    alone: bool = False  # a bitwise request: its own batch, the engine call it gets alone
-    enqueued: float = field(default_factory=time.monotonic)
-    state: str = "queued"  # queued -> running | dropped
-    cancelled: bool = False  # set by the event loop once nobody waits for it (it ran)
-    ctx: RequestContext | None = field(default_factory=current)  # its request (spans)
-
-
-@dataclass(eq=False)
-class _Running:
-    """A batch in the engine: its job and the worker time spent on it."""
-
-    items: list[_Item]
-    job: Job | None
-    began: float  # when the worker took the batch
-    busy: float = 0.0  # seconds of worker time on this job (its steps, not the others')
-    steps: int = 0  # steps run (0: new)
-    error: BaseException | None = None
-
-    @property
-    def abandoned(self) -> bool:
-        return all(it.cancelled for it in self.items)
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    """Runs on the event loop when a request's time is up."""
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
-def _settle(
-    fut: asyncio.Future[Any], pred: Any, exc: BaseException | None, count: Callable[[], Any]
-) -> None:
-    """Runs on the event loop: resolve the future unless the caller gave up on it (then
-    :meth:`Batcher.submit` counted it), and count the outcome the caller gets."""
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(pred)  # type: ignore[arg-type]
-    count()
-
-
-def _settle_all(entries: list[tuple[Any, ...]]) -> None:
-    """:func:`_settle` for each ``(future, pred, exc, count)`` of a batch."""
-    for fut, pred, exc, count in entries:
-        _settle(fut, pred, exc, count)
-
-
-def _hand_over(loop: asyncio.AbstractEventLoop, entries: list[tuple[Any, ...]]) -> None:
-    """Settle ``entries`` on their event loop (from the worker thread)."""
-    try:
-        loop.call_soon_threadsafe(_settle_all, entries)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass
 
 
 class Batcher(Generic[R]):
@@ -202,7 +138,7 @@ class Batcher(Generic[R]):
         self.metrics = metrics
         # The depth gauge's child, bound once: it is set twice per request.
         self._depth = None if metrics is None else metrics.queue_depth.labels(name, version)
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Queued] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -255,7 +191,7 @@ class Batcher(Generic[R]):
             No answer within ``timeout`` seconds.
         """
         loop = asyncio.get_running_loop()
-        item = _Item(request, rows, loop.create_future(), loop, alone)
+        item = Queued(request, rows, loop.create_future(), loop, alone)
         with self._cond:
             if self._closed:
                 raise ModelNotReady(f"model '{self.name}' is shutting down; retry elsewhere")
@@ -265,7 +201,7 @@ class Batcher(Generic[R]):
             self._cond.notify()
         # A timer on the one future (not asyncio.wait_for, which adds a second future and
         # callbacks per request on the event loop's hot path).
-        timer = loop.call_later(timeout, _expire, item.future)
+        timer = loop.call_later(timeout, expire, item.future)
         try:
             result: R = await item.future
             return result
@@ -301,7 +237,7 @@ class Batcher(Generic[R]):
                 "retry after a short wait"
             )
 
-    def _abandon(self, item: _Item) -> bool:
+    def _abandon(self, item: Queued) -> bool:
         """Take ``item`` out of the queue if it has not started; True if it was."""
         with self._cond:
             if item.state == "queued":
@@ -317,13 +253,13 @@ class Batcher(Generic[R]):
     # ------------------------------------------------------------------ worker side
 
     def _worker(self) -> None:
-        active: deque[_Running] = deque()  # jobs in the engine, stepped in turn
+        active: deque[Running] = deque()  # jobs in the engine, stepped in turn
         owed = False  # the last step was a new job's while older ones waited
         while True:
             batch = self._take(wait=not active)
             if batch is None:
                 return  # stopped, queue drained, nothing running
-            run: _Running | None = None
+            run: Running | None = None
             try:
                 if batch:
                     fresh = self._begin(batch)
@@ -349,7 +285,7 @@ class Batcher(Generic[R]):
                         self._resolve(it, None, exc)
                 active.clear()
 
-    def _take(self, wait: bool = True) -> list[_Item] | None:
+    def _take(self, wait: bool = True) -> list[Queued] | None:
         """The next batch: blocking (None once stopped and drained) or, while jobs run,
         what is queued now (maybe nothing), without waiting for company."""
         with self._cond:
@@ -387,11 +323,11 @@ class Batcher(Generic[R]):
             self._set_depth()
             return batch
 
-    def _begin(self, batch: list[_Item]) -> list[_Running]:
+    def _begin(self, batch: list[Queued]) -> list[Running]:
         """Start ``batch`` as a job; a batch the engine refuses is started request by
         request, so only the request at fault gets the error."""
         start = time.monotonic()
-        run = _Running(batch, None, start)
+        run = Running(batch, None, start)
         try:
             run.job = self._start_batch([it.request for it in batch])
         except Exception as exc:
@@ -401,7 +337,7 @@ class Batcher(Generic[R]):
         run.busy = time.monotonic() - start
         return [run]
 
-    def _advance(self, run: _Running) -> bool:
+    def _advance(self, run: Running) -> bool:
         """One step of ``run``'s job; True when it is finished, failed or abandoned."""
         if run.error is not None or run.job is None:
             return True
@@ -420,7 +356,7 @@ class Batcher(Generic[R]):
         self.chunks += 1
         return done
 
-    def _finish(self, run: _Running, active: deque[_Running]) -> None:
+    def _finish(self, run: Running, active: deque[Running]) -> None:
         """Answer the requests of a finished job (or re-run a failed batch one by one)."""
         results: Sequence[Any] = ()
         if run.error is None and run.job is not None and not run.abandoned:
@@ -445,7 +381,7 @@ class Batcher(Generic[R]):
             results = [None] * len(run.items)
         self._answer(run, results, compute_ns, end)
 
-    def _answer(self, run: _Running, results: Sequence[Any], compute_ns: int, end: float) -> None:
+    def _answer(self, run: Running, results: Sequence[Any], compute_ns: int, end: float) -> None:
         """Count the requests of a finished job, then send each its answer or error."""
         answered: list[tuple[int, int, int, int, Any]] = []
         for it, r in zip(run.items, results, strict=True):
@@ -461,21 +397,21 @@ class Batcher(Generic[R]):
         self.stats.succeeded(compute_ns, answered)
         # One hand-over per event loop for the whole batch (a wake-up of the loop each, not
         # one per request).
-        settle: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
         for it, r in zip(run.items, results, strict=True):
             if not it.cancelled:
                 exc = r if isinstance(r, BaseException) else None
                 pred = None if exc is not None else r
-                settle.setdefault(it.loop, []).append(self._entry(it, pred, exc))
-        for loop, entries in settle.items():
-            _hand_over(loop, entries)
+                by_loop.setdefault(it.loop, []).append(self._entry(it, pred, exc))
+        for loop, entries in by_loop.items():
+            hand_over(loop, entries)
 
-    def _entry(self, it: _Item, pred: R | None, exc: BaseException | None) -> tuple[Any, ...]:
-        """What :func:`_settle` needs to answer ``it``: its future, the answer and the count."""
+    def _entry(self, it: Queued, pred: R | None, exc: BaseException | None) -> tuple[Any, ...]:
+        """What :func:`settle` needs to answer ``it``: its future, the answer and the count."""
         return (it.future, pred, exc, self._counter("ok" if exc is None else "error"))
 
-    def _resolve(self, it: _Item, pred: R | None, exc: BaseException | None) -> None:
-        _hand_over(it.loop, [self._entry(it, pred, exc)])
+    def _resolve(self, it: Queued, pred: R | None, exc: BaseException | None) -> None:
+        hand_over(it.loop, [self._entry(it, pred, exc)])
 
     # ------------------------------------------------------------------ metrics
 

@@ -1,8 +1,10 @@
-"""``mcdrop.__all__`` is the public namespace: every name resolves, none is missing."""
+"""``mcdrop.__all__`` is the public namespace: every name resolves, none is missing; and no
+module is too long to read."""
 
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import mcdrop
 import mcdrop.errors
@@ -39,3 +41,16 @@ def test_unknown_names_raise_attribute_error() -> None:
         assert "no_such_name" in str(exc)
     else:
         raise AssertionError("mcdrop.no_such_name resolved")
+
+
+def test_no_module_of_the_library_or_service_is_over_500_lines() -> None:
+    # docs/architecture.md: a module a newcomer can read in one sitting (issue 14).
+    root = Path(__file__).resolve().parents[2]
+    sizes = {
+        str(path.relative_to(root)): len(path.read_text(encoding="utf-8").splitlines())
+        for package in ("mcdrop", "service")
+        for path in (root / package).rglob("*.py")
+    }
+    assert len(sizes) > 40  # the walk found the packages
+    too_long = {name: n for name, n in sizes.items() if n > 500}
+    assert not too_long, f"modules over 500 lines (split them by job): {too_long}"
