@@ -3,7 +3,8 @@
 Three ways to reach a real app, from the cheapest:
 
 - :func:`app_client`: an httpx client wired to an app in-process (ASGI, lifespan included);
-- :func:`live_server`: uvicorn in a thread of the test process, on a free loopback port;
+- :func:`live_server`: uvicorn in a thread of the test process, on a free loopback port
+  (:func:`live_app` also hands over the app, for tests that look at its batchers);
 - :func:`start_server`: the real ``mcdrop serve`` in a subprocess (signals, workers, the
   command line), with its output in a log file (a pipe nobody reads would block it once
   about 64 KiB of access lines are written). ``server_factory`` is the fixture form.
@@ -41,9 +42,11 @@ from service.settings import Settings
 __all__ = [
     "ROOT",
     "MODELS_DIR",
+    "LiveApp",
     "ServerProcess",
     "app_client",
     "free_port",
+    "live_app",
     "live_server",
     "metric",
     "server_factory",
@@ -100,6 +103,53 @@ async def app_client(
             yield c
 
 
+@dataclass
+class LiveApp:
+    """An app served from a thread by :func:`live_app`: its base URL and the app itself
+    (its plane and batchers at hand)."""
+
+    url: str
+    app: Any
+    server: uvicorn.Server  # (its ``server_state`` counts the open connections)
+    port: int
+
+    def runtime(self, name: str) -> Any:
+        """The model's :class:`service.runtime.ModelRuntime`."""
+        return self.app.state.plane.models[name]
+
+
+@contextmanager
+def live_app(
+    settings: Settings, timeout: float = 60.0, options: dict[str, Any] | None = None
+) -> Iterator[LiveApp]:
+    """uvicorn serving ``create_app(settings)`` from a thread on a free 127.0.0.1 port;
+    yields once the start-up load has finished; stopped on exit. ``options`` replaces the
+    ``uvicorn.Config`` options (say, ``mcdrop serve``'s: ``service.launch.uvicorn_options``
+    without host and port)."""
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    if options is None:
+        options = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not (server.started and app.state.plane.loaded):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the test server did not start or load its models")
+        time.sleep(0.02)
+    try:
+        yield LiveApp(f"http://127.0.0.1:{port}", app, server, port)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
 @contextmanager
 def live_server(
     api_key: str | None = None,
@@ -111,28 +161,8 @@ def live_server(
     base URL once the models are loaded. ``settings``, when given, replaces the others."""
     if settings is None:
         settings = Settings(models_dir=models_dir, api_key=api_key, log_level="warning")
-    app = create_app(settings)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not (server.started and app.state.plane.loaded):
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("the test server did not start or load its models")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with live_app(settings, timeout) as served:
+        yield served.url
 
 
 @dataclass

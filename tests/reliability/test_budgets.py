@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from app_server import Served, rss_bytes, serve, toy_copy
+from helpers.live_server import LiveApp, live_app
+from toy_models import rss_bytes, toy_copy
 
 from service import budgets
 from service.settings import Settings
@@ -24,29 +25,29 @@ MAX_RESPONSE = 2**20
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     root = tmp_path_factory.mktemp("budget-repo")
     toy_copy(root, "toy1d")
     toy_copy(root, "tight", max_compute_seconds=0.2)
     toy_copy(root, "roomy", max_compute_seconds=1000)
     settings = Settings(models_dir=root, log_level="warning", request_timeout_s=TIMEOUT_S,
                         max_response_bytes=MAX_RESPONSE)  # fmt: skip
-    with serve(settings) as s:
+    with live_app(settings, timeout=90) as s:
         yield s
 
 
-def _v1(s: Served, model: str, rows: int, samples: int, **extra: Any) -> httpx.Response:
+def _v1(s: LiveApp, model: str, rows: int, samples: int, **extra: Any) -> httpx.Response:
     body = {"inputs": [[0.5]] * rows, "samples": samples, "seed": 3, **extra}
     return httpx.post(f"{s.url}/v1/models/{model}/predict", json=body, timeout=60)
 
 
-def _params(s: Served, model: str) -> dict[str, Any]:
+def _params(s: LiveApp, model: str) -> dict[str, Any]:
     r = httpx.get(f"{s.url}/v2/models/{model}", timeout=10)
     assert r.status_code == 200, r.text
     return dict(r.json()["parameters"])
 
 
-def _counter(s: Served, model: str, outcome: str) -> float:
+def _counter(s: LiveApp, model: str, outcome: str) -> float:
     needle = f'mcdrop_predictions_total{{model="{model}",outcome="{outcome}",version="1.0.0"}}'
     for line in httpx.get(s.url + "/metrics", timeout=10).text.splitlines():
         if line.startswith(needle + " "):
@@ -57,7 +58,7 @@ def _counter(s: Served, model: str, outcome: str) -> float:
 # ------------------------------------------------------------------ compute budget, item 3
 
 
-def test_metadata_states_each_models_budget(served: Served) -> None:
+def test_metadata_states_each_models_budget(served: LiveApp) -> None:
     default, tight = _params(served, "toy1d"), _params(served, "tight")
     assert default["max_compute_seconds"] == Settings().max_compute_s
     assert tight["max_compute_seconds"] == 0.2
@@ -67,7 +68,7 @@ def test_metadata_states_each_models_budget(served: Served) -> None:
     assert default["max_response_bytes"] == MAX_RESPONSE
 
 
-def test_toy1d_4096_rows_by_5000_samples_is_refused_before_queueing(served: Served) -> None:
+def test_toy1d_4096_rows_by_5000_samples_is_refused_before_queueing(served: LiveApp) -> None:
     """The issue's 5-25 s request: over the default budget wherever a row-sample costs
     more than 0.5 us (this CPU measures 1-100 us), and then refused in milliseconds
     without reaching the engine; on a faster machine it is within budget and bounded."""
@@ -86,7 +87,7 @@ def test_toy1d_4096_rows_by_5000_samples_is_refused_before_queueing(served: Serv
         assert r.status_code in (200, 504) and took < TIMEOUT_S + 2.0
 
 
-def test_model_toml_budget_overrides_the_default(served: Served) -> None:
+def test_model_toml_budget_overrides_the_default(served: LiveApp) -> None:
     limit = _params(served, "tight")["max_row_samples"]
     over = _v1(served, "tight", 4096, limit // 4096 + 1)
     assert over.status_code == 422
@@ -96,7 +97,7 @@ def test_model_toml_budget_overrides_the_default(served: Served) -> None:
     assert under.status_code == 200, under.text[:300]
 
 
-def test_a_timed_out_request_stops_computing_and_is_counted_once(served: Served) -> None:
+def test_a_timed_out_request_stops_computing_and_is_counted_once(served: LiveApp) -> None:
     """A request of 4,096 rows x 5,000 samples (the model's maximum: about 20 s of compute
     on an idle machine, more on a busy one) gets its 504 at 1.5 s; its job is dropped at
     the next chunk boundary, so the engine stops long before the whole request would be
@@ -131,7 +132,7 @@ def test_a_timed_out_request_stops_computing_and_is_counted_once(served: Served)
 # ------------------------------------------------------------------ answer size, item 2
 
 
-def test_an_answer_over_the_size_limit_is_refused_before_computing(served: Served) -> None:
+def test_an_answer_over_the_size_limit_is_refused_before_computing(served: LiveApp) -> None:
     batcher = served.runtime("roomy").batcher
     chunks = batcher.chunks
     r = _v1(served, "roomy", 4096, 10, return_samples=True)  # draws: 40,960 numbers
@@ -141,7 +142,7 @@ def test_an_answer_over_the_size_limit_is_refused_before_computing(served: Serve
     assert batcher.chunks == chunks
 
 
-def test_real_answers_stay_under_their_bounds(served: Served) -> None:
+def test_real_answers_stay_under_their_bounds(served: LiveApp) -> None:
     rt = served.runtime("roomy")
     rows = 300
     r = _v1(served, "roomy", rows, 3, return_samples=True)
@@ -161,7 +162,7 @@ def test_real_answers_stay_under_their_bounds(served: Served) -> None:
         assert len(r.content) <= bound
 
 
-def test_the_issues_410_mb_request_gets_a_fast_4xx_and_no_memory(served: Served) -> None:
+def test_the_issues_410_mb_request_gets_a_fast_4xx_and_no_memory(served: LiveApp) -> None:
     """``mean`` listed 10,000 times on 4,096 rows (a 200 KB body that answered 410 MB and
     grew RSS from 270 to 845 MB): a 422 in well under a second, three times over, with
     the resident memory of the process (server included) growing by less than 32 MB."""

@@ -24,10 +24,10 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from helpers.live_server import live_app
 from svc_helpers import SOURCE, _manifest, tiny_models
 
 from mcdrop.repository import save_model
-from service.app import create_app
 from service.connections import ConnectionSettings, HttpToolsGuarded, configure
 from service.launch import uvicorn_options
 from service.settings import Settings
@@ -71,33 +71,13 @@ def server(request: pytest.FixtureRequest, reg_repo: Path) -> Iterator[tuple[str
     assert options["http"].endswith(
         "HttpToolsGuarded" if request.param == "httptools" else "H11Guarded"
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _ready(url):
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    OPEN[:] = [srv]
     try:
-        yield url, port
+        with live_app(settings, options=options) as served:
+            OPEN[:] = [served.server]
+            yield served.url, served.port
     finally:
         OPEN.clear()
-        srv.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
         configure(ConnectionSettings())  # this process's defaults again
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health/ready", timeout=1.0).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _wait_open(count: int) -> None:

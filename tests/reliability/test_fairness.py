@@ -17,8 +17,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from app_server import Served, serve, toy_copy
+from helpers.live_server import LiveApp, live_app
 from torch import nn
+from toy_models import toy_copy
 
 from mcdrop import MCPredictor
 from mcdrop.prediction import MCRequest
@@ -61,10 +62,12 @@ def test_interleaved_jobs_give_the_numbers_of_uninterrupted_calls() -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     root = tmp_path_factory.mktemp("fair-repo")
     toy_copy(root, "roomy", max_compute_seconds=1000)  # the long request passes the budget
-    with serve(Settings(models_dir=root, log_level="warning", request_timeout_s=60)) as s:
+    with live_app(
+        Settings(models_dir=root, log_level="warning", request_timeout_s=60), timeout=90
+    ) as s:
         yield s
 
 
@@ -73,7 +76,7 @@ def _post(url: str, rows: int, samples: int) -> httpx.Response:
     return httpx.post(f"{url}/v1/models/roomy/predict", json=body, timeout=60)
 
 
-def test_small_requests_are_answered_while_a_long_one_runs(served: Served) -> None:
+def test_small_requests_are_answered_while_a_long_one_runs(served: LiveApp) -> None:
     """A request sized to run about 4 s (timed here first) and, while it runs, up to five
     one-row requests one after the other: at least three are answered while it runs, each
     in a small fraction of its time (before, the first waited for all of it)."""
