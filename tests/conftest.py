@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded torch state per test, tiny models, CI's shape knobs.
+"""Shared fixtures: seeded torch state per test, tiny models, CI's shape knobs; the
+``container`` test runs only when ``-m`` names it.
 
 Two environment variables let CI run the engine tests again in other GEMM shapes, to
 catch float32 comparisons that only hold for one chunking or thread split:
@@ -34,6 +35,18 @@ def pytest_configure(config: pytest.Config) -> None:
     must_rewrite = getattr(hook, "_must_rewrite", None)
     if isinstance(must_rewrite, set):
         must_rewrite.discard("schemathesis")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The container test builds an image with podman as root (minutes, and it installs
+    # packages): it runs only when the marker expression names it, as in `-m container`.
+    if "container" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="builds the Docker image with podman; select it with "
+                            "`python3 scripts/dev.py test -m container` (CI does)")  # fmt: skip
+    for item in items:
+        if item.get_closest_marker("container") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
