@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import _load_phase, sample_row  # noqa: E402
+from load import _load_phase, batch_stats, sample_row, scrape  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -95,29 +95,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14 and 15)
 
 
-def batches_seen(url: str, model: str) -> tuple[float, float]:
-    """(engine calls, requests in them) for ``model`` so far, from the server's /metrics
-    histogram ``mcdrop_batch_requests`` (its ``_count`` and ``_sum``)."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    got = {"_count": 0.0, "_sum": 0.0}
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name[len("mcdrop_batch_requests") :] in got and f'model="{model}"' in rest:
-            got[name[len("mcdrop_batch_requests") :]] += float(line.rsplit(" ", 1)[1])
-    return got["_count"], got["_sum"]
-
-
 def _phase(
     args: Any, server: ServerProcess, path: str, payload: dict[str, Any], c: int
 ) -> dict[str, float]:
-    calls0, reqs0 = batches_seen(server.url, args.model)
+    metrics0 = scrape(server.url)
     cpu0 = cpu_seconds(server.proc.pid)
     r = asyncio.run(_load_phase(args, server.url, path, payload, c, max(args.requests, 4 * c)))
     cpu = cpu_seconds(server.proc.pid) - cpu0
-    calls1, reqs1 = batches_seen(server.url, args.model)
+    batches = batch_stats(metrics0, scrape(server.url), args.model)
     errors = sum(v for k, v in r.statuses.items() if k != "200")
     answered = max(1, r.statuses.get("200", 0))
-    per_call = (reqs1 - reqs0) / (calls1 - calls0) if calls1 > calls0 else float("nan")
+    per_call = batches["requests_per_call"] if batches["engine_calls"] else float("nan")
     return {"rps": r.throughput(), "p50_ms": r.pct(50) * 1e3, "p95_ms": r.pct(95) * 1e3,
             "errors": errors, "cpu_ms": cpu / answered * 1e3, "per_batch": per_call}  # fmt: skip
 
