@@ -367,6 +367,7 @@ class Batcher(Generic[R]):
                 run.error = exc
             run.busy += time.monotonic() - t0
         if run.error is not None and len(run.items) > 1:
+            self.stats.rerun()
             for it in run.items:  # re-run alone: only the request at fault gets the error
                 if not it.cancelled:
                     active.extend(self._begin([it]))

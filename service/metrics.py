@@ -160,6 +160,12 @@ class ServiceMetrics:
             "mcdrop_batch_requests", "Requests per engine call.", MODEL,
             buckets=ROWS_BUCKETS, registry=r,
         )  # fmt: skip
+        self.batch_reruns = Counter(
+            "mcdrop_batch_reruns",
+            "Batches that failed as a whole and were re-run request by request.",
+            MODEL,
+            registry=r,
+        )
         # Across worker processes: the queues add up; a model is ready if any worker has it.
         self.queue_depth = Gauge(
             "mcdrop_queue_depth", "Requests waiting in the model's queue.", MODEL,

@@ -66,6 +66,7 @@ class ModelStats:
         self._lock = threading.Lock()
         self.inference_count = 0
         self.execution_count = 0
+        self.reruns = 0  # failed batches re-run request by request
         self.last_inference_ms = 0  # ms since the epoch of the last answer; 0: none yet
         self.success, self.fail, self.queue = Duration(), Duration(), Duration()
         self.compute_infer = Duration()
@@ -77,6 +78,7 @@ class ModelStats:
             self._compute_time = metrics.compute_time.labels(*labels)
             self._batch_rows = metrics.batch_rows.labels(*labels)
             self._batch_requests = metrics.batch_requests.labels(*labels)
+            self._batch_reruns = metrics.batch_reruns.labels(*labels)
             self._mc_samples = metrics.mc_samples.labels(*labels)
             self._nv = [
                 g.labels(*labels)
@@ -140,6 +142,14 @@ class ModelStats:
             nv[5].inc(queue_ns / 1000)
             nv[6].inc(compute_ns * n / 1000)
             nv[8].set(now / 1e9)
+
+    def rerun(self) -> None:
+        """A batch of several requests failed and is re-run request by request (so that
+        only the request at fault gets the error)."""
+        with self._lock:
+            self.reruns += 1
+        if self._m is not None:
+            self._batch_reruns.inc()
 
     def failed(
         self,

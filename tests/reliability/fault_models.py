@@ -95,9 +95,9 @@ def write_fault_repo(root: Path, *, oom_limit: int = 64, sleepy_delay: float = 0
     tiny = svc_helpers.tiny_models
     save_model(root / "good", tiny.build_regressor(), svc_helpers._manifest(
         "good", "regression", "build_regressor"), svc_helpers.SOURCE)  # fmt: skip
-    save_model(root / "crashy", tiny.build_slow(delay=0.0), svc_helpers._manifest(
+    save_model(root / "crashy", tiny.build_slow(delay=0.05), svc_helpers._manifest(
         "crashy", "regression", "build_slow", max_batch_rows=8,
-        config={"delay": 0.0}), svc_helpers.SOURCE)  # fmt: skip
+        config={"delay": 0.05}), svc_helpers.SOURCE)  # fmt: skip
     save_model(
         root / "oom", build_oom(limit=oom_limit),
         _manifest("oom", "build_oom", config={"limit": oom_limit}), src,
