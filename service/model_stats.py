@@ -66,7 +66,6 @@ class ModelStats:
         self._lock = threading.Lock()
         self.inference_count = 0
         self.execution_count = 0
-        self.reruns = 0  # failed batches re-run request by request
         self.last_inference_ms = 0  # ms since the epoch of the last answer; 0: none yet
         self.success, self.fail, self.queue = Duration(), Duration(), Duration()
         self.compute_infer = Duration()
@@ -145,9 +144,7 @@ class ModelStats:
 
     def rerun(self) -> None:
         """A batch of several requests failed and is re-run request by request (so that
-        only the request at fault gets the error)."""
-        with self._lock:
-            self.reruns += 1
+        only the request at fault gets the error): Prometheus only."""
         if self._m is not None:
             self._batch_reruns.inc()
 
