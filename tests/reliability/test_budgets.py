@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers.live_server import LiveApp, live_app
+from helpers.live_server import LiveApp, live_app, metric
 from toy_models import rss_bytes, toy_copy
 
 from service import budgets
@@ -48,11 +48,8 @@ def _params(s: LiveApp, model: str) -> dict[str, Any]:
 
 
 def _counter(s: LiveApp, model: str, outcome: str) -> float:
-    needle = f'mcdrop_predictions_total{{model="{model}",outcome="{outcome}",version="1.0.0"}}'
-    for line in httpx.get(s.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(needle + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    series = f'mcdrop_predictions_total{{model="{model}",outcome="{outcome}",version="1.0.0"}}'
+    return metric(s.url, series)
 
 
 # ------------------------------------------------------------------ compute budget, item 3
